@@ -1,0 +1,3 @@
+"""irepa: representation alignment (REPA / iREPA) for diffusion and flow models."""
+
+__version__ = "0.1.0"

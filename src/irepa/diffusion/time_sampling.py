@@ -1,0 +1,27 @@
+"""Training-time distributions over t in [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+
+TIME_SAMPLERS = ("uniform", "lognormal")
+
+
+def sample_time(
+    batch: int,
+    kind: str = "uniform",
+    p_mean: float = -1.2,
+    p_std: float = 1.2,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """``uniform``: t ~ U[0, 1]. ``lognormal``: sigma = exp(n), n ~ N(p_mean, p_std), t = sigma/(1+sigma)."""
+    if kind == "uniform":
+        t = torch.rand(batch, generator=generator)
+    elif kind == "lognormal":
+        n = torch.randn(batch, generator=generator) * p_std + p_mean
+        sigma = n.exp()
+        t = sigma / (1 + sigma)
+    else:
+        raise ValueError(f"unknown time sampling {kind!r}; valid: {', '.join(TIME_SAMPLERS)}")
+    return t.to(device)

@@ -1,0 +1,51 @@
+"""Model registry: ``create_model("SiT-XL/2", **overrides)``, in the spirit of timm."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields, replace
+
+from torch import nn
+
+from .sit import SiT, SiTConfig
+
+_SIZES = {  # (depth, width, heads), as DiT / SiT
+    "S": (12, 384, 6),
+    "B": (12, 768, 12),
+    "L": (24, 1024, 16),
+    "XL": (28, 1152, 16),
+}
+
+_REGISTRY: dict[str, tuple[Callable[..., nn.Module], object]] = {}
+
+
+def register_model(name: str, builder: Callable[..., nn.Module], config: object) -> None:
+    """Register ``builder(config)`` under ``name``; ``config`` is a dataclass of defaults."""
+    _REGISTRY[name] = (builder, config)
+
+
+for _size, (_depth, _width, _heads) in _SIZES.items():
+    for _patch in (1, 2, 4, 8):
+        register_model(f"SiT-{_size}/{_patch}", SiT, SiTConfig(_depth, _width, _heads, _patch))
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_config(name: str, **overrides) -> object:
+    """The default config of ``name`` with ``overrides`` applied (unknown fields are an error)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; valid: {', '.join(list_models())}")
+    config = _REGISTRY[name][1]
+    valid = {f.name for f in fields(config)}
+    unknown = set(overrides) - valid
+    if unknown:
+        raise ValueError(f"unknown {name} option(s) {sorted(unknown)}; valid: {sorted(valid)}")
+    return replace(config, **overrides)
+
+
+def create_model(name: str, **overrides) -> nn.Module:
+    """Build a registered model, e.g. ``create_model("SiT-B/2", input_size=32, num_classes=1000)``."""
+    config = model_config(name, **overrides)
+    return _REGISTRY[name][0](config)

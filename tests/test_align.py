@@ -1,0 +1,104 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from irepa.align import Aligner, alignment_loss, build_projector, resample_tokens, spatial_zscore
+
+
+def test_spatial_zscore_matches_numpy():
+    y = torch.randn(3, 20, 7) * 3 + 1.5
+    for alpha in (0.0, 0.6, 1.0):
+        got = spatial_zscore(y, alpha=alpha).numpy()
+        a = y.numpy().astype(np.float64)
+        mean = a.mean(axis=1, keepdims=True)
+        std = a.std(axis=1, ddof=1, keepdims=True)
+        want = (a - alpha * mean) / (std + 1e-6)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_spatial_zscore_full_is_unit_variance_per_channel_and_fp32():
+    y = (torch.randn(2, 64, 5) * 10).half()
+    z = spatial_zscore(y)
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z.mean(1), torch.zeros(2, 5), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z.std(1), torch.ones(2, 5), atol=1e-3, rtol=0)
+
+
+def test_spatial_zscore_rejects_bad_shape():
+    with pytest.raises(ValueError, match="B, T, D"):
+        spatial_zscore(torch.randn(4, 5))
+
+
+def test_alignment_loss_matches_manual_cosine():
+    p, t = torch.randn(2, 9, 4), torch.randn(2, 9, 4)
+    pn, tn = p.numpy(), t.numpy()
+    cos = (pn * tn).sum(-1) / (np.linalg.norm(pn, axis=-1) * np.linalg.norm(tn, axis=-1))
+    assert alignment_loss(p, t).item() == pytest.approx(-cos.mean(), abs=1e-6)
+    assert alignment_loss(p, p * 3).item() == pytest.approx(-1.0, abs=1e-6)
+    assert alignment_loss(p.bfloat16(), t.bfloat16()).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "kind,expected",
+    [
+        ("linear", 384 * 768 + 768),
+        ("mlp", (384 * 2048 + 2048) + (2048 * 2048 + 2048) + (2048 * 768 + 768)),
+        ("conv", 384 * 768 * 9 + 768),
+    ],
+)
+def test_projector_parameter_counts_and_shapes(kind, expected):
+    proj = build_projector(kind, 384, 768, kernel_size=3, hidden_dim=2048)
+    assert sum(p.numel() for p in proj.parameters()) == expected
+    assert proj(torch.randn(2, 16, 384)).shape == (2, 16, 768)
+
+
+def test_conv_projector_uses_neighbours_on_a_non_square_grid():
+    proj = build_projector("conv", 3, 2, kernel_size=3)
+    h = torch.zeros(1, 4 * 6, 3)
+    h[0, 2 * 6 + 3] = 1.0  # one token on a 4x6 grid
+    out = proj(h, (4, 6)) - proj(torch.zeros_like(h), (4, 6))
+    changed = (out.abs().sum(-1) > 0).reshape(4, 6)
+    expected = torch.zeros(4, 6, dtype=torch.bool)
+    expected[1:4, 2:5] = True  # the 3x3 neighbourhood
+    assert torch.equal(changed, expected)
+    with pytest.raises(ValueError, match="square"):
+        proj(torch.randn(1, 24, 3))
+    with pytest.raises(ValueError, match="odd"):
+        build_projector("conv", 3, 2, kernel_size=2)
+
+
+def test_unknown_projector_lists_valid_names():
+    with pytest.raises(ValueError, match="mlp, linear, conv"):
+        build_projector("transformer", 3, 3)
+
+
+def test_resample_tokens_matches_interpolate():
+    tok = torch.randn(2, 8 * 8, 5)
+    out = resample_tokens(tok, (8, 8), (4, 4))
+    grid = tok.transpose(1, 2).reshape(2, 5, 8, 8)
+    want = torch.nn.functional.avg_pool2d(grid, 2).flatten(2).transpose(1, 2)  # bilinear x0.5 == 2x2 mean
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+def test_aligner_weights_encoders_and_checks_grid():
+    al = Aligner(8, {"a": 4, "b": 6}, grid=(2, 2), coeffs={"a": 0.5, "b": 2.0}, projector="linear", norm="none")
+    hidden = torch.randn(3, 4, 8)
+    targets = {"a": torch.randn(3, 4, 4), "b": torch.randn(3, 4, 6)}
+    out = al(hidden, targets)
+    pa = alignment_loss(al.projectors["a"](hidden), targets["a"])
+    pb = alignment_loss(al.projectors["b"](hidden), targets["b"])
+    assert out.loss.item() == pytest.approx((0.5 * pa.item() + 2.0 * pb.item()) / 2, abs=1e-6)
+    with pytest.raises(ValueError, match="grid"):
+        al.prepare_target(torch.randn(3, 9, 4), "a")
+    resampled = al.prepare_target(torch.randn(3, 16, 4), "a", src_grid=(4, 4))
+    assert resampled.shape == (3, 4, 4)
+
+
+def test_aligner_gradient_reaches_hidden_state():
+    al = Aligner(8, {"a": 4}, grid=(3, 3), projector="conv", norm="zscore", alpha=0.6)
+    hidden = torch.randn(2, 9, 8, requires_grad=True)
+    target = al.prepare_target(torch.randn(2, 9, 4), "a")
+    al(hidden, {"a": target}).loss.backward()
+    assert hidden.grad is not None and math.isfinite(hidden.grad.norm().item()) and hidden.grad.abs().sum() > 0

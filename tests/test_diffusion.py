@@ -1,0 +1,130 @@
+import math
+
+import pytest
+import torch
+
+from irepa.diffusion import SamplerConfig, get_interpolant, make_flow_batch, sample, sample_time
+
+
+@pytest.mark.parametrize("path", ["linear", "cosine"])
+def test_interpolant_endpoints_and_velocity_is_time_derivative(path):
+    it = get_interpolant(path)
+    x0, eps = torch.randn(4, 3, 5, 5, dtype=torch.float64), torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    zeros, ones = torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    torch.testing.assert_close(it.sample_xt(x0, eps, zeros), x0)
+    torch.testing.assert_close(it.sample_xt(x0, eps, ones), eps, atol=1e-12, rtol=0)
+    t, h = torch.full((4,), 0.37, dtype=torch.float64), 1e-6
+    fd = (it.sample_xt(x0, eps, t + h) - it.sample_xt(x0, eps, t - h)) / (2 * h)
+    torch.testing.assert_close(it.velocity(x0, eps, t), fd, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["linear", "cosine"])
+def test_score_from_velocity_recovers_noise(path):
+    it = get_interpolant(path)
+    x0, eps = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+    x, v = it.sample_xt(x0, eps, t), it.velocity(x0, eps, t)
+    score = it.score_from_velocity(v, x, t)
+    torch.testing.assert_close(score, -eps / it.sigma(t)[:, None])
+
+
+def test_time_sampling_distributions():
+    g = torch.Generator().manual_seed(0)
+    u = sample_time(20000, "uniform", generator=g)
+    assert 0 <= u.min() and u.max() <= 1 and abs(u.mean().item() - 0.5) < 0.01
+    ln = sample_time(20000, "lognormal", p_mean=-0.5, p_std=1.0, generator=g)
+    logit = torch.log(ln / (1 - ln))  # t = sigma / (1 + sigma)  =>  logit(t) = log(sigma) ~ N(-0.5, 1)
+    assert abs(logit.mean().item() + 0.5) < 0.03 and abs(logit.std().item() - 1.0) < 0.03
+    with pytest.raises(ValueError, match="uniform, lognormal"):
+        sample_time(3, "beta")
+
+
+def test_flow_batch_label_dropout_rate_and_determinism():
+    labels = torch.zeros(10000, dtype=torch.long)
+    x0 = torch.zeros(10000, 1)
+    fb = make_flow_batch(
+        x0,
+        labels,
+        get_interpolant("linear"),
+        num_classes=7,
+        label_dropout=0.1,
+        generator=torch.Generator().manual_seed(1),
+    )
+    rate = (fb.labels == 7).float().mean().item()
+    assert abs(rate - 0.1) < 0.01 and set(fb.labels.unique().tolist()) == {0, 7}
+    fb2 = make_flow_batch(x0, labels, get_interpolant("linear"), 7, 0.1, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(fb.xt, fb2.xt) and torch.equal(fb.t, fb2.t)
+
+
+def gaussian_velocity(mu: float, s: float):
+    """Exact marginal velocity of the linear path for data N(mu, s^2)."""
+
+    def v(x, t, y):
+        t = t.view(-1, *([1] * (x.ndim - 1))).double()
+        x = x.double()
+        a, sig = 1 - t, t
+        var = a**2 * s**2 + sig**2
+        e_x0 = mu + a * s**2 / var * (x - a * mu)
+        e_eps = sig / var * (x - a * mu)
+        return (-e_x0 + e_eps).float()
+
+    return v
+
+
+@pytest.mark.parametrize("kind,steps,tol", [("ode-euler", 200, 0.03), ("ode-heun", 40, 0.02), ("sde", 250, 0.05)])
+def test_samplers_recover_a_gaussian_target(kind, steps, tol):
+    mu, s = 2.0, 0.5
+    n = 4000
+    gens = [torch.Generator().manual_seed(i) for i in range(n)]
+    noise = torch.stack([torch.randn(1, generator=g) for g in gens])
+    out = sample(
+        gaussian_velocity(mu, s),
+        noise,
+        torch.zeros(n, dtype=torch.long),
+        SamplerConfig(kind=kind, steps=steps),
+        null_label=1,
+        generators=gens,
+    )
+    assert out.mean().item() == pytest.approx(mu, abs=tol)
+    assert out.std().item() == pytest.approx(s, abs=tol)
+
+
+def test_cfg_is_applied_only_inside_the_guidance_interval():
+    seen = []
+
+    def model(x, t, y):
+        seen.append((round(t[0].item(), 6), x.shape[0]))
+        return torch.where((y == 3).view(-1, 1), torch.ones_like(x), torch.zeros_like(x))
+
+    cfg = SamplerConfig(kind="ode-euler", steps=10, cfg_scale=4.0, guidance_low=0.0, guidance_high=0.5)
+    out = sample(model, torch.zeros(2, 1), torch.tensor([0, 1]), cfg, null_label=3)
+    doubled = [t for t, b in seen if b == 4]
+    assert doubled and all(t <= 0.5 for t in doubled)
+    assert all(b == 2 for t, b in seen if t > 0.5)
+    # v_cond = 0, v_uncond = 1: guided v = 1 + 4 (0 - 1) = -3 for t in [0, 0.5] (steps at 0.5..0.1), else 0
+    guided_steps = sum(1 for t in doubled)
+    assert out[0, 0].item() == pytest.approx(-0.1 * -3.0 * guided_steps, abs=1e-6)
+
+
+def test_sampler_config_errors():
+    with pytest.raises(ValueError, match="sde, ode-euler, ode-heun"):
+        SamplerConfig(kind="ddim").validate()
+    with pytest.raises(ValueError, match="guidance interval"):
+        SamplerConfig(guidance_low=0.8, guidance_high=0.2).validate()
+    with pytest.raises(ValueError, match="Generator per sample"):
+        sample(lambda x, t, y: x, torch.zeros(2, 1), torch.zeros(2, dtype=torch.long), SamplerConfig(steps=2), 1)
+
+
+def test_sde_sample_does_not_depend_on_batch_composition():
+    v = gaussian_velocity(0.0, 1.0)
+    cfg = SamplerConfig(kind="sde", steps=20)
+
+    def run(seeds):
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        noise = torch.stack([torch.randn(3, generator=g) for g in gens])
+        return sample(v, noise, torch.zeros(len(seeds), dtype=torch.long), cfg, 1, gens)
+
+    both = run([11, 12])
+    alone = run([12])
+    torch.testing.assert_close(both[1], alone[0])
+    assert not math.isclose(both[0, 0].item(), both[1, 0].item())
