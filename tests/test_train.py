@@ -1,0 +1,128 @@
+"""End-to-end training behaviour on CPU: learning, exact resume, atomic checkpoints, bad input."""
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from irepa.config import load_config
+from irepa.train import checkpoint as ckpt_mod
+from irepa.train.checkpoint import atomic_torch_save, latest_checkpoint, load_checkpoint
+from irepa.train.trainer import TrainingDiverged, train
+
+
+def tiny_config(out: Path, align: bool = True, **extra):
+    overrides = {
+        "model.name": "SiT-S/2",
+        "model.depth": 2,
+        "model.hidden_size": 32,
+        "model.num_heads": 2,
+        "model.input_size": 8,
+        "model.in_channels": 3,
+        "model.num_classes": 4,
+        "data.source": "synthetic",
+        "data.resolution": 8,
+        "data.num_classes": 4,
+        "data.synthetic_size": 64,
+        "data.num_workers": 0,
+        "align.enabled": align,
+        "align.encoders": "dinov2-vit-s",
+        "align.depth": 1,
+        "align.projector": "conv",
+        "align.norm": "zscore",
+        "align.coeff": 0.5,
+        "train.batch_size": 8,
+        "train.lr": 1e-3,
+        "train.steps": 6,
+        "train.log_every": 1,
+        "train.ckpt_every": 3,
+        "train.sample_every": 0,
+        "train.report_to": ["none"],
+        "train.ema_decay": 0.9,
+        "out": str(out),
+    }
+    overrides.update(extra)
+    cfg = load_config(None, overrides)
+    for e in cfg.align.encoders:
+        e.weights = "random"
+    return cfg
+
+
+def test_resumed_run_reproduces_uninterrupted_losses(tmp_path):
+    full = train(tiny_config(tmp_path / "full"))
+    first = train(tiny_config(tmp_path / "split"), stop_after=3)
+    assert first.step == 3 and latest_checkpoint(tmp_path / "split" / "checkpoints").name == "step_0000003.pt"
+    second = train(tiny_config(tmp_path / "split"), resume=True)
+    assert second.step == 6
+    assert first.losses + second.losses == full.losses  # bit-exact on CPU
+    a = load_checkpoint(tmp_path / "full" / "checkpoints")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints")
+    for key in a["ema"]:
+        torch.testing.assert_close(a["ema"][key], b["ema"][key], rtol=0, atol=0)
+    rows = (tmp_path / "split" / "metrics.csv").read_text().strip().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5, 6]
+
+
+def test_tiny_model_learns(tmp_path):
+    cfg = tiny_config(
+        tmp_path / "learn",
+        align=False,
+        **{"train.steps": 200, "train.ckpt_every": 1000, "train.batch_size": 16, "data.resolution": 8},
+    )
+    result = train(cfg)
+    early, late = sum(result.losses[:20]) / 20, sum(result.losses[-20:]) / 20
+    assert late < 0.7 * early, (early, late)
+
+
+def test_refuses_to_overwrite_and_to_resume_with_a_different_config(tmp_path):
+    train(tiny_config(tmp_path / "run"), stop_after=3)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_config(tmp_path / "run"))
+    with pytest.raises(ValueError) as err:
+        train(tiny_config(tmp_path / "run", **{"align.norm": "none", "train.lr": 5e-4}), resume=True)
+    assert "align.norm" in str(err.value) and "train.lr" in str(err.value)
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    train(tiny_config(tmp_path / "run"), stop_after=3)
+    good = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    before = good.read_bytes()
+    import irepa.train.trainer as trainer
+
+    calls = {"n": 0}
+    real = trainer.velocity_loss
+
+    def poisoned(pred, target):
+        calls["n"] += 1
+        return real(pred, target) * (math.nan if calls["n"] == 2 else 1.0)
+
+    monkeypatch.setattr(trainer, "velocity_loss", poisoned)
+    with pytest.raises(TrainingDiverged, match="step 5"):
+        train(tiny_config(tmp_path / "run"), resume=True)
+    assert latest_checkpoint(tmp_path / "run" / "checkpoints") == good
+    assert good.read_bytes() == before
+
+
+def test_checkpoint_write_killed_midway_leaves_previous_loadable(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt" / "step_0000001.pt"
+    atomic_torch_save({"model": {"w": torch.ones(3)}, "step": 1, "config": {}}, path)
+
+    def dying_save(obj, f):
+        f.write(b"partial bytes")
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"model": {"w": torch.zeros(3)}, "step": 1, "config": {}}, path)
+    monkeypatch.undo()
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model"]["w"], torch.ones(3))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["step_0000001.pt"]
+
+
+def test_alignment_depth_and_encoder_errors(tmp_path):
+    with pytest.raises(ValueError, match="1..2"):
+        train(tiny_config(tmp_path / "a", **{"align.depth": 5}))
+    with pytest.raises(ValueError, match="dinov2-vit-s"):
+        train(tiny_config(tmp_path / "b", **{"align.encoders": "not-an-encoder"}))
