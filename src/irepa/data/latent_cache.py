@@ -1,0 +1,155 @@
+"""On-disk format of a VAE latent cache, its reader and the per-channel statistics.
+
+A cache folder holds ``index.json`` and ``shard-NNNNN.safetensors`` files. Shard ``i`` covers
+dataset items ``[i * shard_size, (i + 1) * shard_size)`` and stores
+
+* ``moments``      ``(n, 2C, r, r)``: posterior mean and log-variance of the image,
+* ``moments_flip`` ``(n, 2C, r, r)``: the same for its horizontal mirror,
+* ``valid``        ``(n,)`` uint8: 0 for an unreadable image (its moments are zeros),
+* ``labels``       ``(n,)`` int64 (``-1`` where unreadable).
+
+``index.json`` records what the cache was made from (image source, its fingerprint and item
+count, VAE, resolution, shard list) and, once ``complete``, the unreadable items and the
+per-channel latent mean / std over the posterior means of the unflipped valid images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save as safetensors_save
+
+from .atomic import atomic_write_bytes
+
+FORMAT = "irepa-latents-v1"
+INDEX_NAME = "index.json"
+OPEN_SHARDS = 32  # shard files a reader keeps open
+STATS_OVER = "posterior means of the unflipped images (all valid items), population std"
+
+
+class CacheMismatchError(ValueError):
+    """A latent cache that does not belong to the requested data / VAE / resolution."""
+
+
+def shard_name(shard: int) -> str:
+    return f"shard-{shard:05d}.safetensors"
+
+
+def shard_table(count: int, shard_size: int) -> list[dict[str, Any]]:
+    """``[{"file", "start", "count"}, ...]`` covering ``count`` items in order."""
+    return [
+        {"file": shard_name(i), "start": start, "count": min(shard_size, count - start)}
+        for i, start in enumerate(range(0, count, shard_size))
+    ]
+
+
+META_KEY = "irepa"
+
+
+def save_shard(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, Any]) -> None:
+    """Serialise and write atomically. The metadata goes in ONE key as sorted JSON: safetensors
+    writes several metadata keys in hash order, which would make equal shards differ in bytes."""
+    arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    header = {META_KEY: json.dumps(metadata, sort_keys=True)}
+    atomic_write_bytes(path, safetensors_save(arrays, metadata=header))
+
+
+def read_shard_metadata(path: Path) -> dict[str, Any]:
+    with safe_open(str(path), framework="numpy") as fh:
+        return json.loads((fh.metadata() or {}).get(META_KEY, "{}"))
+
+
+def read_index(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / INDEX_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a latent cache (no {INDEX_NAME}); make one with `irepa prepare-latents`"
+        )
+    index = json.loads(path.read_text())
+    if index.get("format") != FORMAT:
+        raise CacheMismatchError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
+    return index
+
+
+class ChannelMoments:
+    """Streaming per-channel mean and variance (float64, Chan et al. pairwise merge)."""
+
+    def __init__(self, channels: int):
+        self.count = 0
+        self.mean = np.zeros(channels, dtype=np.float64)
+        self.m2 = np.zeros(channels, dtype=np.float64)
+
+    def update(self, x: np.ndarray) -> None:
+        """Add ``(N, C, ...)`` values."""
+        values = np.moveaxis(np.asarray(x, dtype=np.float64), 1, 0).reshape(x.shape[1], -1)
+        n = values.shape[1]
+        if n == 0:
+            return
+        mean = values.mean(axis=1)
+        m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.count, 1))
+
+
+class LatentCache:
+    """Read access to a complete cache: ``moments(index, flip)`` -> float32 ``(2C, r, r)``."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self.index = read_index(self.folder)
+        if not self.index.get("complete"):
+            done = sum((self.folder / s["file"]).is_file() for s in self.index["shards"])
+            raise CacheMismatchError(
+                f"latent cache {self.folder} is incomplete ({done} of {len(self.index['shards'])} shards); "
+                "rerun the same `irepa prepare-latents` command to finish it"
+            )
+        self.shard_size = int(self.index["shard_size"])
+        self._handles: OrderedDict[int, Any] = OrderedDict()
+        self._pid = os.getpid()
+
+    def __getstate__(self) -> dict[str, Any]:  # open file handles stay per process
+        state = dict(self.__dict__)
+        state["_handles"] = OrderedDict()
+        return state
+
+    def _handle(self, shard: int) -> Any:
+        """Memory-mapped shard, from a small per-process LRU (ImageNet has over a thousand shards)."""
+        if self._pid != os.getpid():  # forked into a worker: reopen
+            self._handles, self._pid = OrderedDict(), os.getpid()
+        if shard in self._handles:
+            self._handles.move_to_end(shard)
+        else:
+            self._handles[shard] = safe_open(str(self.folder / shard_name(shard)), framework="numpy")
+            if len(self._handles) > OPEN_SHARDS:
+                self._handles.popitem(last=False)
+        return self._handles[shard]
+
+    def moments(self, index: int, flip: bool = False) -> np.ndarray:
+        shard, offset = divmod(int(index), self.shard_size)
+        name = "moments_flip" if flip else "moments"
+        return self._handle(shard).get_slice(name)[offset : offset + 1][0].astype(np.float32)
+
+    @property
+    def skipped(self) -> list[int]:
+        return [int(s["index"]) for s in self.index.get("skipped", [])]
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(int(v) for v in self.index["latent_shape"])  # type: ignore[return-value]
+
+    @property
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        stats = self.index["latent_stats"]
+        return np.asarray(stats["mean"], dtype=np.float32), np.asarray(stats["std"], dtype=np.float32)
