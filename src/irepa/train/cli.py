@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             entry.weights = entry.weights or "random"
     try:
         result = train(cfg, resume=args.resume)
-    except (TrainingDiverged, FileExistsError, FileNotFoundError, ValueError) as err:
+    except (TrainingDiverged, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
         print(f"irepa train: {err}", file=sys.stderr)
         return 1
     print(f"finished at step {result.step}; checkpoint: {result.checkpoint}")

@@ -1,0 +1,1 @@
+"""Ready-made experiments: the offline quickstart and the recipe comparison."""

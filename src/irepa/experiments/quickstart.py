@@ -1,0 +1,152 @@
+"""``irepa quickstart``: the whole method on a laptop, offline.
+
+Phases (each with a progress bar, each reusing its cache on a second run): encode the training
+images once with DINOv2 ViT-S/14 -> train a small SiT with iREPA -> sample from the EMA model ->
+FID against the Fashion-MNIST test split with the offline TF-FID Inception -> report.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import platform
+from pathlib import Path
+
+import torch
+
+from irepa.config import to_dict
+from irepa.sample.pipeline import load_generator, make_grid, save_png
+from irepa.train.checkpoint import latest_checkpoint
+from irepa.train.trainer import train
+
+from .evaluation import FidScorer, sample_images
+from .recipes import recipe_overrides
+from .small_scale import Timer, small_scale_config, token_dataset, write_json
+
+log = logging.getLogger(__name__)
+CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
+
+
+def run_quickstart(
+    out: str | Path = "runs/quickstart",
+    steps: int | None = None,
+    fid_samples: int = 500,
+    fid_ref: int = 2000,
+    grid_cfg: float = 2.0,
+    extra: dict | None = None,
+) -> dict:
+    out = Path(out)
+    timer = Timer()
+    extra = dict(extra or {})
+    if steps is not None:
+        extra["train.steps"] = steps
+    cfg = small_scale_config(out / "run", recipe_overrides("irepa"), extra)
+    torch.manual_seed(cfg.train.seed)
+
+    dataset = timer.run("encode", token_dataset, cfg, out / "cache")
+    ckpt_dir = Path(cfg.out) / "checkpoints"
+    resume = "auto" if latest_checkpoint(ckpt_dir) is not None else None
+    timer.run("train", train, cfg, resume=resume, dataset=dataset)
+
+    generator = load_generator(ckpt_dir, use_ema=True)
+    grid_sampler = type(cfg.sample)(**{**to_dict(cfg)["sample"], "cfg_scale": grid_cfg})
+    labels = torch.arange(10).repeat_interleave(10)
+    grid = timer.run("sample", generator.generate, labels, list(range(100)), grid_sampler)
+    save_png(make_grid(grid, nrow=10), out / "samples.png")
+
+    images = timer.run("sample", sample_images, generator, fid_samples, cfg.sample, out / "cache", seed=10_000)
+    scorer = FidScorer(out / "cache", num_ref=fid_ref, resolution=cfg.data.resolution)
+    fid = timer.run("fid", scorer, images)
+
+    curves = plot_curves(Path(cfg.out) / "metrics.csv", out / "curves.png")
+    metrics = {
+        "fid": fid["fid"],
+        "fid_samples": fid_samples,
+        "fid_reference": f"Fashion-MNIST test split, first {fid_ref} images",
+        "fid_network": fid["network"],
+        "sampler": to_dict(cfg)["sample"],
+        "grid_cfg_scale": grid_cfg,
+        "steps": cfg.train.steps,
+        "final_loss_diffusion": curves.get("loss_diffusion"),
+        "final_loss_align": curves.get("loss_align"),
+        "timings_s": timer.phases,
+        "checkpoint": str(generator.info["checkpoint"]),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}",
+    }
+    write_json(out / "metrics.json", metrics)
+    (out / "report.md").write_text(render_report(cfg, metrics))
+    return metrics
+
+
+def read_metrics_csv(path: Path) -> dict[str, list[float]]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    cols: dict[str, list[float]] = {}
+    for row in rows:
+        for k, v in row.items():
+            if v not in ("", None):
+                cols.setdefault(k, []).append(float(v))
+    return cols
+
+
+def plot_curves(metrics_csv: Path, png: Path) -> dict[str, float]:
+    """Diffusion and alignment loss against steps; returns the last logged values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = read_metrics_csv(metrics_csv)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    axes[0].plot(cols["step"], cols["loss_diffusion"], color="C0")
+    axes[0].set(title="diffusion (velocity) loss", xlabel="step")
+    if cols.get("loss_align"):
+        axes[1].plot(cols["step"], cols["loss_align"], color="C1")
+    axes[1].set(title="alignment loss (-cosine x coeff)", xlabel="step")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return {k: v[-1] for k, v in cols.items() if v}
+
+
+def render_report(cfg, metrics: dict) -> str:
+    t = metrics["timings_s"]
+    s = metrics["sampler"]
+    return f"""# irepa quickstart
+
+iREPA on Fashion-MNIST, CPU only, offline. Everything below was produced by `make quickstart`.
+
+| | |
+|---|---|
+| FID (N={metrics["fid_samples"]} samples vs {metrics["fid_reference"]}) | **{metrics["fid"]:.2f}** |
+| FID network | {metrics["fid_network"]} |
+| model | {cfg.model.name} with depth {cfg.model.depth}, width {cfg.model.hidden_size}, pixel space \
+{cfg.model.input_size}x{cfg.model.input_size}x{cfg.model.in_channels} (8x8 tokens) |
+| alignment | iREPA: {cfg.align.projector} {cfg.align.kernel_size}x{cfg.align.kernel_size} projector after block \
+{cfg.align.depth}, z-score alpha {cfg.align.zscore_alpha}, coeff {cfg.align.coeff}, encoder \
+{", ".join(e.name for e in cfg.align.encoders)} at 112 px (8x8 tokens, cached once) |
+| training | {cfg.train.steps} steps, batch {cfg.train.batch_size}, AdamW lr {cfg.train.lr}, EMA \
+{cfg.train.ema_decay}, first {cfg.data.limit} training images, no flips |
+| sampler | {s["kind"]}, {s["steps"]} steps, CFG {s["cfg_scale"]} for FID; the grid uses CFG \
+{metrics["grid_cfg_scale"]} |
+| final losses | diffusion {metrics["final_loss_diffusion"]:.4f}, alignment {metrics["final_loss_align"]:.4f} |
+| wall time (s) | encode {t.get("encode", 0)}, train {t.get("train", 0)}, sample {t.get("sample", 0)}, \
+FID {t.get("fid", 0)} |
+| machine | {metrics["machine"]} |
+
+## Samples (one row per class: {", ".join(CLASS_NAMES)})
+
+![samples](samples.png)
+
+## Training curves
+
+![curves](curves.png)
+
+Why these settings: a 2-core CPU trains this 5M-parameter SiT at roughly one step of 64 images per
+second, the 8x8 token grid keeps both the model and DINOv2-S (at 112 px) cheap, and the encoder
+targets of an un-augmented dataset never change, so they are computed once and cached. FID on
+{metrics["fid_samples"]} samples is biased upwards compared with the usual 50K; compare numbers only
+at equal N.
+"""

@@ -1,0 +1,64 @@
+"""Encode a dataset once with a frozen encoder and serve the tokens with the items.
+
+On a CPU the encoder costs more than the small diffusion model it supervises; the targets of an
+un-augmented dataset never change, so computing them once is exact, not an approximation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from irepa.train.checkpoint import atomic_torch_save
+
+
+@torch.no_grad()
+def encode_dataset(dataset: Dataset, encoder, batch_size: int = 64, desc: str = "encode") -> torch.Tensor:
+    """Tokens ``(N, T, D)`` in float16 for every item of ``dataset`` (unflipped)."""
+    chunks = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch", dynamic_ncols=True):
+        images = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
+        chunks.append(encoder.encode(images).to(torch.float16).cpu())
+    return torch.cat(chunks)
+
+
+def cached_tokens(dataset: Dataset, encoder, cache_dir: str | Path, key: dict, batch_size: int = 64) -> torch.Tensor:
+    """Load the tokens for ``key`` (a JSON-able description of encoder + data) or compute and store them."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"tokens-{digest}.pt"
+    if path.is_file():
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        if stored.shape[0] == len(dataset):
+            return stored
+    tokens = encode_dataset(dataset, encoder, batch_size, desc=f"encode {key.get('encoder', '')}")
+    atomic_torch_save(tokens, path)
+    path.with_suffix(".json").write_text(json.dumps(key, indent=1, sort_keys=True))
+    return tokens
+
+
+class TokenCachedDataset(Dataset):
+    """Wraps a dataset; each item also carries ``target.<name>`` tokens for its index."""
+
+    def __init__(self, base: Dataset, tokens: dict[str, torch.Tensor]):
+        for name, t in tokens.items():
+            if t.shape[0] != len(base):
+                raise ValueError(f"{name}: {t.shape[0]} cached token sets for {len(base)} items")
+        self.base, self.tokens = base, tokens
+        self.num_classes = getattr(base, "num_classes", None)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key):
+        item = self.base[key]
+        if bool(item.get("flipped", False)):
+            raise ValueError("cached encoder tokens are of unflipped images; train with data.flip=false")
+        index = int(item["index"])
+        for name, t in self.tokens.items():
+            item[f"target.{name}"] = t[index]
+        return item
