@@ -1,0 +1,147 @@
+"""``irepa sample``: from a checkpoint to a picture grid or a 50K-image evaluation batch.
+
+Run it as ``accelerate launch -m irepa.cli sample ...`` (or ``torchrun``) to spread the work over all
+GPUs and nodes; a plain ``irepa sample`` uses one device. See ``docs/evaluate.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from irepa.diffusion.samplers import SAMPLERS, SamplerConfig
+
+DEFAULT_SHARD_SIZE = 256
+AUTO_GRID_MAX_SAMPLES = 256  # below this many samples a grid is always saved
+AUTO_GRID_PER_CLASS = 16
+GRID_MAX_ROWS = 32
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated class indices, got {text!r}") from err
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sample", help="sample images from a checkpoint (a quick grid or a sharded 50K batch)",
+        description="Class-balanced sampling (sample i gets class i %% num_classes and seed seed + i), sharded "
+                    "over every process of an accelerate/torchrun launch, resumable, merged into samples_<N>.npz.",
+    )
+    p.add_argument("--ckpt", required=True, help="training checkpoint (step_*.pt) or a run folder (latest step)")
+    p.add_argument("--num-samples", type=int, default=50_000, help="how many images (default 50000)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: <checkpoint folder>/samples/<checkpoint>-<settings>)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="sde", help="integrator (default sde)")
+    p.add_argument("--steps", type=int, default=250, help="integration steps (default 250)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--guidance-low", type=float, default=0.0, help="guidance interval start (t in [0, 1])")
+    p.add_argument("--guidance-high", type=float, default=1.0, help="guidance interval end (t in [0, 1])")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
+    p.add_argument("--vae", default=None, help="override the VAE named in the checkpoint (path or id)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass, per process")
+    p.add_argument("--shard-size", type=int, default=None,
+                   help=f"images per resumable shard file (default {DEFAULT_SHARD_SIZE}; fixed once a run started)")
+    p.add_argument("--classes", type=_int_list, default=None,
+                   help="cycle over these classes only, e.g. 207,360,387 (default: all classes)")
+    p.add_argument("--unconditional", action="store_true", help="sample with the null label")
+    p.add_argument("--grid", type=int, default=None, metavar="N",
+                   help=f"also save a PNG grid with up to N images per class row (always saved, with "
+                        f"{AUTO_GRID_PER_CLASS} per row, when num-samples <= {AUTO_GRID_MAX_SAMPLES})")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run_sample)
+
+
+def default_out_dir(ckpt: str | Path, cfg: SamplerConfig, use_ema: bool, seed: int) -> Path:
+    ckpt = Path(ckpt)
+    name, base = (ckpt.stem, ckpt.parent) if ckpt.suffix else (ckpt.name, ckpt)
+    tag = f"{cfg.kind}{cfg.steps}-cfg{cfg.cfg_scale:g}"
+    if cfg.cfg_scale != 1.0:
+        tag += f"-int{cfg.guidance_low:g}-{cfg.guidance_high:g}"
+    return base / "samples" / f"{name}-{tag}-{'ema' if use_ema else 'raw'}-seed{seed}"
+
+
+def sampling_settings(generator: Any, cfg: SamplerConfig, batch_size: int, num_processes: int) -> dict[str, Any]:
+    """Every setting that describes the samples (checkpoint, weights, VAE, sampler, sizes)."""
+    import torch
+
+    import irepa
+
+    info = dict(generator.info)
+    return {
+        "checkpoint": str(Path(info.get("checkpoint", "")).resolve()) if info.get("checkpoint") else None,
+        "checkpoint_step": info.get("step"),
+        "model": info.get("model"),
+        "ema": info.get("ema"),
+        "vae": info.get("vae"),
+        "space": info.get("space"),
+        "sampler": asdict(cfg),
+        "image_size": int(generator.image_size),
+        "latent_shape": list(generator.latent_shape),
+        "num_classes": int(generator.num_classes),
+        "batch_size": batch_size,
+        "num_processes": num_processes,
+        "torch_version": torch.__version__,
+        "irepa_version": getattr(irepa, "__version__", None),
+    }
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+    import torch
+    from accelerate import PartialState
+
+    from irepa.evaluate.npz import open_npz_array
+    from irepa.sample.large_scale import (
+        RUN_FILE,
+        SamplingPlan,
+        class_grid,
+        resolve_classes,
+        run_sampling,
+    )
+    from irepa.sample.pipeline import load_generator, save_png
+
+    cfg = SamplerConfig(kind=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
+                        guidance_low=args.guidance_low, guidance_high=args.guidance_high)
+    cfg.validate()
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise SystemExit("--num-samples and --batch-size must be >= 1")
+    if args.grid is not None and args.grid < 1:
+        raise SystemExit("--grid must be >= 1")
+    state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only machines still shard over processes
+    use_ema = not args.no_ema
+    generator = load_generator(args.ckpt, use_ema=use_ema, device=state.device, vae=args.vae)
+    ckpt_file = generator.info.get("checkpoint") or args.ckpt  # a run folder resolves to its latest step
+    out = Path(args.out) if args.out else default_out_dir(ckpt_file, cfg, use_ema, args.seed)
+    shard_size = args.shard_size
+    if shard_size is None:  # keep the layout of a run being resumed
+        run_file = out / RUN_FILE
+        shard_size = json.loads(run_file.read_text())["shard_size"] if run_file.is_file() else DEFAULT_SHARD_SIZE
+    classes = resolve_classes(generator.num_classes, args.classes, args.unconditional)
+    plan = SamplingPlan(args.num_samples, classes, args.seed, shard_size)
+    settings = sampling_settings(generator, cfg, args.batch_size, state.num_processes)
+
+    def generate(labels, seeds):
+        return generator.generate(labels, seeds, cfg)
+
+    result = run_sampling(generate, plan, out, settings, rank=state.process_index,
+                          world_size=state.num_processes, batch_size=args.batch_size,
+                          barrier=state.wait_for_everyone, progress=not args.no_progress)
+    if result.samples is None:
+        return 0
+    print(f"wrote {result.samples} ({args.num_samples} images) and {result.samples.with_suffix('.json').name}")
+    if args.grid is not None or args.num_samples <= AUTO_GRID_MAX_SAMPLES:
+        images = open_npz_array(result.samples, "arr_0")
+        labels = np.asarray(open_npz_array(result.samples, "labels"))
+        grid = class_grid(images, labels, args.grid or AUTO_GRID_PER_CLASS, GRID_MAX_ROWS)
+        png = result.samples.with_name(f"{result.samples.stem}_grid.png")
+        save_png(grid, png)
+        print(f"wrote {png}")
+    return 0
