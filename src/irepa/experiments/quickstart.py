@@ -7,7 +7,6 @@ FID against the Fashion-MNIST test split with the offline TF-FID Inception -> re
 
 from __future__ import annotations
 
-import csv
 import logging
 import platform
 from pathlib import Path
@@ -21,7 +20,7 @@ from irepa.train.trainer import train
 
 from .evaluation import FidScorer, sample_images
 from .recipes import recipe_overrides
-from .small_scale import Timer, small_scale_config, token_dataset, write_json
+from .small_scale import Timer, read_metrics_csv, small_scale_config, token_dataset, write_json
 
 log = logging.getLogger(__name__)
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
@@ -30,8 +29,8 @@ CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", 
 def run_quickstart(
     out: str | Path = "runs/quickstart",
     steps: int | None = None,
-    fid_samples: int = 500,
-    fid_ref: int = 2000,
+    fid_samples: int = 300,
+    fid_ref: int = 1000,
     grid_cfg: float = 2.0,
     extra: dict | None = None,
 ) -> dict:
@@ -76,17 +75,6 @@ def run_quickstart(
     write_json(out / "metrics.json", metrics)
     (out / "report.md").write_text(render_report(cfg, metrics))
     return metrics
-
-
-def read_metrics_csv(path: Path) -> dict[str, list[float]]:
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    cols: dict[str, list[float]] = {}
-    for row in rows:
-        for k, v in row.items():
-            if v not in ("", None):
-                cols.setdefault(k, []).append(float(v))
-    return cols
 
 
 def plot_curves(metrics_csv: Path, png: Path) -> dict[str, float]:

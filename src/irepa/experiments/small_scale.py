@@ -8,6 +8,7 @@ hundred steps in minutes and the encoder's targets can be cached once.
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ BASE_OVERRIDES = {
     "align.encoders": "dinov2-vit-s",
     "align.depth": 2,
     "align.projector_hidden_dim": 512,
-    "train.steps": 400,
+    "train.steps": 300,
     "train.batch_size": 64,
     "train.lr": 1e-3,
     "train.ema_decay": 0.995,
@@ -117,3 +118,14 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(type(o).__name__)
+
+
+def read_metrics_csv(path: Path) -> dict[str, list[float]]:
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    cols: dict[str, list[float]] = {}
+    for row in rows:
+        for k, v in row.items():
+            if v not in ("", None):
+                cols.setdefault(k, []).append(float(v))
+    return cols
