@@ -11,12 +11,32 @@ Every encoder in the zoo (and every user encoder) is an :class:`Encoder`:
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
 
+def resample_tokens(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
+    """Bilinearly resample ``(B, src_h*src_w, D)`` tokens laid out row-major onto a ``dst`` grid."""
+    if tuple(src) == tuple(dst):
+        return tokens
+    b, t, d = tokens.shape
+    if t != src[0] * src[1]:
+        raise ValueError(f"{t} tokens do not fill a {src[0]}x{src[1]} grid")
+    grid = tokens.transpose(1, 2).reshape(b, d, src[0], src[1])
+    grid = nn.functional.interpolate(grid.float(), size=tuple(dst), mode="bilinear", align_corners=False)
+    return grid.to(tokens.dtype).flatten(2).transpose(1, 2)
+
+
 class Encoder(nn.Module):
-    """Base class of a frozen alignment target. Subclasses set the attributes and ``forward``."""
+    """Base class of a frozen alignment target. Subclasses set the attributes and ``forward``.
+
+    ``resolution`` is the network input size and ``patch_size`` its stride in pixels, so the network
+    itself yields ``resolution // patch_size`` tokens per side (:attr:`token_grid`). When a caller
+    asked for a different output grid, subclasses set ``output_grid`` and resample (see
+    :func:`resample_tokens`); :attr:`grid` is always the grid ``forward`` returns.
+    """
 
     name: str = "encoder"
     embed_dim: int
@@ -25,11 +45,18 @@ class Encoder(nn.Module):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
+    antialias: bool = True  # low-pass when shrinking, like PIL / torchvision resizes
+    output_grid: tuple[int, int] | None = None
+
+    @property
+    def token_grid(self) -> tuple[int, int]:
+        """Grid the network produces at :attr:`resolution`."""
+        return (self.resolution[0] // self.patch_size, self.resolution[1] // self.patch_size)
 
     @property
     def grid(self) -> tuple[int, int]:
         """Token grid ``(H_e, W_e)`` that ``forward`` returns."""
-        return (self.resolution[0] // self.patch_size, self.resolution[1] // self.patch_size)
+        return tuple(self.output_grid) if self.output_grid is not None else self.token_grid
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """Resize ``[0, 1]`` images to the input resolution and normalise them."""
@@ -39,8 +66,10 @@ class Encoder(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         images = images.float()
         if tuple(images.shape[-2:]) != tuple(self.resolution):
-            kwargs = {"align_corners": False} if self.interpolation in ("bilinear", "bicubic") else {}
-            images = nn.functional.interpolate(images, size=self.resolution, mode=self.interpolation, **kwargs)
+            kwargs = {}
+            if self.interpolation in ("bilinear", "bicubic"):
+                kwargs = {"align_corners": False, "antialias": self.antialias}
+            images = nn.functional.interpolate(images, size=tuple(self.resolution), mode=self.interpolation, **kwargs)
         mean = images.new_tensor(self.mean).view(1, 3, 1, 1)
         std = images.new_tensor(self.std).view(1, 3, 1, 1)
         return (images - mean) / std
@@ -48,13 +77,17 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def finish(self, tokens: torch.Tensor, network_grid: tuple[int, int]) -> torch.Tensor:
+        """Bring tokens from the grid the network produced onto :attr:`grid`."""
+        return resample_tokens(tokens, network_grid, self.grid)
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens ``(B, T, D)`` of ``[0, 1]`` images."""
-        param = next(self.parameters(), None)
-        x = self.preprocess(images.to(param.device if param is not None else images.device))
-        if param is not None and param.dtype != x.dtype:
-            x = x.to(param.dtype)
+        ref = next(itertools.chain(self.parameters(), self.buffers()), None)  # where the network lives
+        x = self.preprocess(images.to(ref.device if ref is not None else images.device))
+        if ref is not None and ref.is_floating_point() and ref.dtype != x.dtype:
+            x = x.to(ref.dtype)
         return self(x)
 
     def freeze(self) -> Encoder:

@@ -1,0 +1,90 @@
+"""``load_encoder``: a registered name -> a frozen :class:`Encoder` at the requested grid."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from irepa.encoders import custom, handcrafted, hf_encoder, timm_encoder
+from irepa.encoders.base import Encoder
+from irepa.encoders.registry import get_spec
+from irepa.encoders.spec import EncoderSpec
+
+log = logging.getLogger(__name__)
+
+_BUILDERS = {
+    "timm": timm_encoder.create,
+    "mocov3": timm_encoder.create,
+    "transformers": hf_encoder.create,
+    "hog": handcrafted.create,
+    "sift": handcrafted.create,
+    "custom": custom.create,
+}
+
+
+def _pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        value = (value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 2 or min(value) <= 0:
+        raise ValueError(f"{what} must be a positive int or an (h, w) pair, got {value}")
+    return value
+
+
+def plan_input(spec: EncoderSpec, resolution: int | Sequence[int] | None = None,
+               grid: int | Sequence[int] | None = None) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """Input resolution and (if it differs from the network's own grid) the output grid.
+
+    * neither given: the native resolution;
+    * ``grid`` only: ``grid * patch_size``, so the network yields exactly that grid;
+    * ``resolution`` (divisible by the patch size): its own grid, or ``grid`` by bilinear resampling
+      of the tokens when both are given and disagree (logged as a warning).
+    """
+    stride = spec.patch_size
+    if resolution is None and grid is None:
+        return tuple(spec.native_resolution), None
+    if resolution is None:
+        g = _pair(grid, "grid")
+        return (g[0] * stride, g[1] * stride), None
+    res = _pair(resolution, "resolution")
+    if res[0] % stride or res[1] % stride:
+        ok = tuple(max(stride, round(r / stride) * stride) for r in res)
+        raise ValueError(f"{spec.name}: resolution {res} is not divisible by its patch size {stride}; "
+                         f"use e.g. {ok}, or pass grid=(h, w) instead")
+    natural = (res[0] // stride, res[1] // stride)
+    if grid is None or _pair(grid, "grid") == natural:
+        return res, None
+    g = _pair(grid, "grid")
+    log.warning("%s: resolution %s gives a %dx%d token grid; resampling tokens bilinearly to the requested %dx%d",
+                spec.name, res, natural[0], natural[1], g[0], g[1])
+    return res, g
+
+
+def load_encoder(name: str, weights: str | None = None, resolution: int | Sequence[int] | None = None,
+                 grid: int | Sequence[int] | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32) -> Encoder:
+    """The registered encoder ``name``, frozen, on ``device`` in ``dtype``.
+
+    Args:
+        name: a name from :func:`list_encoders` (``irepa encoders list``).
+        weights: ``None`` = the local cache or the hub (offline with nothing local: an immediate error
+            naming the file to fetch); ``"random"`` = untrained; otherwise a ``.safetensors`` /
+            ``.pt`` / ``.pth`` file (hub layout or plain state dict, loaded strictly).
+        resolution: network input size ``(H, W)`` or ``S``; defaults to the native one.
+        grid: wanted token grid ``(h, w)``; picks the resolution that yields it.
+        device: ``"meta"`` builds shapes only (no memory, no weights; needs ``weights="random"``).
+        dtype: parameter dtype.
+    """
+    spec = get_spec(name)
+    res, out_grid = plan_input(spec, resolution, grid)
+    meta = torch.device(device).type == "meta"
+    if meta and weights != "random":
+        raise ValueError("device='meta' builds shapes only; pass weights='random' with it")
+    if isinstance(weights, str) and weights != "random" and not weights.strip():
+        raise ValueError("weights is an empty string; pass None, 'random' or a file path")
+    encoder = _BUILDERS[spec.source](spec, res, out_grid, None if weights is None else str(weights), meta)
+    if not meta:
+        encoder = encoder.to(device=device, dtype=dtype)
+    return encoder.freeze()
