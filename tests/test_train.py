@@ -126,3 +126,21 @@ def test_alignment_depth_and_encoder_errors(tmp_path):
         train(tiny_config(tmp_path / "a", **{"align.depth": 5}))
     with pytest.raises((KeyError, ValueError), match="dinov2-vit-s"):
         train(tiny_config(tmp_path / "b", **{"align.encoders": "not-an-encoder"}))
+
+
+def test_ema_matches_the_recurrence_with_and_without_warmup():
+    from irepa.train.ema import EMA
+
+    model = torch.nn.Linear(3, 2)
+    for warmup in (False, True):
+        ema = EMA(model, decay=0.9, warmup=warmup)
+        expected = [p.detach().clone() for p in model.parameters()]
+        for step in range(1, 6):
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p))
+            d = min(0.9, (1 + step) / (10 + step)) if warmup else 0.9
+            expected = [d * e + (1 - d) * p.detach() for e, p in zip(expected, model.parameters())]
+            ema.update(model, step)
+        for e, s in zip(expected, ema.shadow.parameters()):
+            torch.testing.assert_close(s, e)

@@ -83,6 +83,7 @@ class TrainSection:
     adam_eps: float = 1e-8
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # ramp the decay as (1 + step) / (10 + step) for short runs
     mixed_precision: str = "no"  # no | fp16 | bf16
     compile: bool = False
     seed: int = 0

@@ -58,6 +58,7 @@ RESUME_MUST_MATCH = [
     "train.weight_decay",
     "train.adam_eps",
     "train.ema_decay",
+    "train.ema_warmup",
     "data.vae",
 ]
 
@@ -234,7 +235,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     enc_dtype = torch.bfloat16 if (t_cfg.mixed_precision == "bf16" and device.type == "cuda") else torch.float32
     aligner, encoders = build_aligner(cfg, backbone, device, enc_dtype)
     module = AlignedModel(backbone, aligner, cfg.align.depth).to(device)
-    ema = EMA(backbone, t_cfg.ema_decay).to(device)
+    ema = EMA(backbone, t_cfg.ema_decay, t_cfg.ema_warmup).to(device)
     optimizer = torch.optim.AdamW(
         module.parameters(), lr=t_cfg.lr, betas=tuple(t_cfg.betas), weight_decay=t_cfg.weight_decay, eps=t_cfg.adam_eps
     )
@@ -377,8 +378,8 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
                 f"({latest_checkpoint(ckpt_dir)}) is untouched"
             )
         optimizer.step()
-        ema.update(accelerator.unwrap_model(train_module).backbone if not t_cfg.compile else module.backbone)
         step += 1
+        ema.update(accelerator.unwrap_model(train_module).backbone if not t_cfg.compile else module.backbone, step)
         losses.append(sums["loss"])
         window.append(sums)
         bar.update(1)
