@@ -96,3 +96,19 @@ class Encoder(nn.Module):
         for p in self.parameters():
             p.requires_grad_(False)
         return self
+
+
+class SpecEncoder(Encoder):
+    """An encoder described by a registry entry (:class:`~irepa.encoders.spec.EncoderSpec`) around a network."""
+
+    def __init__(self, spec, model: nn.Module, resolution: tuple[int, int],
+                 output_grid: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.name = spec.name
+        self.embed_dim = spec.embed_dim
+        self.patch_size = spec.patch_size
+        self.resolution = tuple(resolution)
+        self.output_grid = tuple(output_grid) if output_grid is not None else None
+        self.mean, self.std, self.interpolation = spec.mean, spec.std, spec.interpolation
+        self.model = model

@@ -10,24 +10,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from irepa.encoders.base import Encoder
+from irepa.encoders.base import SpecEncoder
 from irepa.encoders.spec import EncoderSpec
 
 
-class CustomEncoder(Encoder):
+class CustomEncoder(SpecEncoder):
     """Wraps a user module so it follows the :class:`Encoder` contract."""
-
-    def __init__(self, spec: EncoderSpec, model: nn.Module, resolution: tuple[int, int],
-                 output_grid: tuple[int, int] | None = None) -> None:
-        super().__init__()
-        self.spec = spec
-        self.name = spec.name
-        self.embed_dim = spec.embed_dim
-        self.patch_size = spec.patch_size
-        self.resolution = tuple(resolution)
-        self.output_grid = tuple(output_grid) if output_grid is not None else None
-        self.mean, self.std, self.interpolation = spec.mean, spec.std, spec.interpolation
-        self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size

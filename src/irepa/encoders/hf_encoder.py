@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from irepa.encoders.base import Encoder
+from irepa.encoders.base import SpecEncoder
 from irepa.encoders.spec import EncoderSpec
 from irepa.encoders.weights import WeightsMismatchError, read_state_dict, resolve_weights, save_state_dict
 
@@ -36,20 +36,12 @@ def _config(spec: EncoderSpec, weights_path: Path | None):
     return Dinov2Config(**dict(spec.arch_kwargs))
 
 
-class HFDinov2Encoder(Encoder):
+class HFDinov2Encoder(SpecEncoder):
     """A transformers ``Dinov2Model``; patch tokens of the final layer norm."""
 
     def __init__(self, spec: EncoderSpec, model: nn.Module, resolution: tuple[int, int],
                  output_grid: tuple[int, int] | None = None) -> None:
-        super().__init__()
-        self.spec = spec
-        self.name = spec.name
-        self.embed_dim = spec.embed_dim
-        self.patch_size = spec.patch_size
-        self.resolution = tuple(resolution)
-        self.output_grid = tuple(output_grid) if output_grid is not None else None
-        self.mean, self.std, self.interpolation = spec.mean, spec.std, spec.interpolation
-        self.model = model
+        super().__init__(spec, model, resolution, output_grid)
         prefix = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
         if prefix != spec.num_prefix_tokens:
             raise ValueError(

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from irepa.encoders.base import Encoder
+from irepa.encoders.base import SpecEncoder
 from irepa.encoders.convert import convert
 from irepa.encoders.spec import EncoderSpec
 from irepa.encoders.weights import WeightsMismatchError, load_strict, read_state_dict, resolve_weights
@@ -101,20 +101,12 @@ def load_weights(model: nn.Module, spec: EncoderSpec, path: str | Path, assign: 
     load_strict(model, state, origin=f"{spec.name} weights {path}", assign=assign)
 
 
-class TimmEncoder(Encoder):
+class TimmEncoder(SpecEncoder):
     """A timm network read at its last block; prefix tokens stripped, final norm per spec."""
 
     def __init__(self, spec: EncoderSpec, model: nn.Module, resolution: tuple[int, int],
                  output_grid: tuple[int, int] | None = None) -> None:
-        super().__init__()
-        self.spec = spec
-        self.name = spec.name
-        self.embed_dim = spec.embed_dim
-        self.patch_size = spec.patch_size
-        self.resolution = tuple(resolution)
-        self.output_grid = tuple(output_grid) if output_grid is not None else None
-        self.mean, self.std, self.interpolation = spec.mean, spec.std, spec.interpolation
-        self.model = model
+        super().__init__(spec, model, resolution, output_grid)
         self.feature_map = _is_feature_map(spec.arch) if spec.source == "timm" else False
         prefix = 0 if self.feature_map else int(getattr(model, "num_prefix_tokens", 0))
         if prefix != spec.num_prefix_tokens:
