@@ -132,7 +132,7 @@ FID {t.get("fid", 0)} |
 
 ![curves](curves.png)
 
-Why these settings: a 2-core CPU trains this 5M-parameter SiT at roughly one step of 64 images per
+Why these settings: a 2-core CPU trains this 7M-parameter SiT at roughly one step of 64 images per
 second, the 8x8 token grid keeps both the model and DINOv2-S (at 112 px) cheap, and the encoder
 targets of an un-augmented dataset never change, so they are computed once and cached. FID on
 {metrics["fid_samples"]} samples is biased upwards compared with the usual 50K; compare numbers only
