@@ -84,6 +84,34 @@ def test_refuses_to_overwrite_and_to_resume_with_a_different_config(tmp_path):
     assert "align.norm" in str(err.value) and "train.lr" in str(err.value)
 
 
+def test_resume_accepts_a_checkpoint_written_before_a_config_field_existed(tmp_path):
+    train(tiny_config(tmp_path / "run"), stop_after=3)
+    path = latest_checkpoint(tmp_path / "run" / "checkpoints")
+    old = torch.load(path, map_location="cpu", weights_only=False)
+    del old["config"]["align"]["encoder_resolution"]  # as written by an earlier release
+    atomic_torch_save(old, path)
+    assert train(tiny_config(tmp_path / "run"), resume=True).step == 6  # missing field = its default
+
+    train(tiny_config(tmp_path / "other"), stop_after=3)
+    with pytest.raises(ValueError, match="align.encoder_resolution"):
+        train(tiny_config(tmp_path / "other", **{"align.encoder_resolution": 56}), resume=True)
+
+
+def test_encoder_resolution_feeds_the_encoder_and_resamples_to_the_model_grid(tmp_path, caplog):
+    from irepa.train.trainer import build_aligner, build_backbone
+
+    cfg = tiny_config(tmp_path / "run", **{"align.encoder_resolution": 112})
+    backbone = build_backbone(cfg)
+    with caplog.at_level("WARNING"):
+        _, encoders = build_aligner(cfg, backbone, "cpu", torch.float32)
+    encoder = encoders["dinov2-vit-s"]
+    assert tuple(encoder.resolution) == (112, 112) and "resampling" in caplog.text
+    tokens = encoder.encode(torch.rand(2, 3, 8, 8))
+    assert tokens.shape[1] == backbone.grid[0] * backbone.grid[1]  # 8x8 tokens resampled to 4x4
+    default = build_aligner(tiny_config(tmp_path / "d"), backbone, "cpu", torch.float32)[1]["dinov2-vit-s"]
+    assert tuple(default.resolution) == (56, 56)  # grid x patch when unset
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     train(tiny_config(tmp_path / "run"), stop_after=3)
     good = latest_checkpoint(tmp_path / "run" / "checkpoints")

@@ -61,6 +61,9 @@ class AlignSection:
     norm: str = "none"  # "none" (REPA) or "zscore" (iREPA)
     zscore_alpha: float = 0.6
     encoder_batch_size: int | None = None  # micro-batch the encoders to bound memory
+    # Pixels fed to every encoder. None: the model's token grid times the encoder's patch size, so
+    # the encoder's tokens match the grid exactly; otherwise its tokens are resampled to the grid.
+    encoder_resolution: int | None = None
 
 
 @dataclass
@@ -245,6 +248,11 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def with_defaults(stored: dict) -> dict:
+    """A stored config dict completed with today's defaults (fields added since it was written)."""
+    return _merge(to_dict(RunConfig()), stored)
 
 
 def config_diff(a: dict, b: dict, keys: list[str] | None = None) -> dict[str, tuple[Any, Any]]:

@@ -73,11 +73,13 @@ def token_dataset(cfg: RunConfig, cache_dir: Path, encoder_batch: int = 64):
     grid = (cfg.model.input_size // _patch(cfg), cfg.model.input_size // _patch(cfg))
     tokens = {}
     for entry in cfg.align.encoders:
-        encoder = load_encoder(entry.name, weights=entry.weights, grid=grid).freeze()
+        resolution = cfg.align.encoder_resolution
+        encoder = load_encoder(entry.name, weights=entry.weights, resolution=resolution, grid=grid).freeze()
         key = {
             "encoder": entry.name,
             "weights": str(entry.weights),
             "grid": list(grid),
+            **({"resolution": resolution} if resolution else {}),  # absent for the default: old caches stay valid
             "data": {k: getattr(cfg.data, k) for k in ("source", "path", "resolution", "limit", "split")},
         }
         tokens[entry.name] = cached_tokens(dataset, encoder, cache_dir, key, encoder_batch)

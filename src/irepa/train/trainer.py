@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from irepa.align import Aligner, AlignOutput
-from irepa.config import RunConfig, config_diff, save_config, to_dict
+from irepa.config import RunConfig, config_diff, save_config, to_dict, with_defaults
 from irepa.data import build_dataset, make_loader, normalize_latents, sample_posterior
 from irepa.diffusion import get_interpolant, make_flow_batch, velocity_loss
 from irepa.models import create_model
@@ -115,7 +115,9 @@ def build_aligner(cfg: RunConfig, backbone: nn.Module, device, dtype) -> tuple[A
     if len(set(names)) != len(names):
         raise ValueError(f"align.encoders lists an encoder twice: {names}")
     encoders = {
-        e.name: load_encoder(e.name, weights=e.weights, grid=backbone.grid, device=device, dtype=dtype).freeze()
+        e.name: load_encoder(
+            e.name, weights=e.weights, resolution=a.encoder_resolution, grid=backbone.grid, device=device, dtype=dtype
+        ).freeze()
         for e in a.encoders
     }
     aligner = Aligner(
@@ -225,7 +227,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     ckpt_path = _resume_checkpoint(cfg, ckpt_dir, resume)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
-        diff = config_diff(ckpt["config"], to_dict(cfg), RESUME_MUST_MATCH)
+        diff = config_diff(with_defaults(ckpt["config"]), to_dict(cfg), RESUME_MUST_MATCH)
         if diff:
             lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
             raise ValueError(f"cannot resume {ckpt['path']}: the config differs in\n{lines}")
