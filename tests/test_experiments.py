@@ -70,3 +70,80 @@ def test_markdown_table_layout():
     table = markdown_table(rows, ["repa", "irepa"]).splitlines()
     assert table[0] == "| recipe | FID @ 100 | FID @ 200 |"
     assert table[2] == "| repa | 50.50 |  |" and table[3] == "| irepa | 40.25 | 30.00 |"
+
+
+def test_recipe_spec_changes_override_common_changes_and_recipe():
+    out = recipe_overrides("irepa+align.depth=3+align.coeff=0.25", {"align.coeff": 2.0, "train.lr": 5e-4})
+    assert out["align.depth"] == 3 and out["align.coeff"] == 0.25  # the spec's own change wins
+    assert out["train.lr"] == 5e-4 and out["align.projector"] == "conv"
+    assert recipe_overrides("repa", {"align.coeff": 2.0})["align.coeff"] == 2.0  # common beats the recipe
+    for bad in ("irepa+depth=3", "irepa+align.depth", "irepa+"):
+        with pytest.raises(ValueError, match="section.field=value"):
+            recipe_overrides(bad)
+
+
+def _hsic(k: torch.Tensor, l_: torch.Tensor) -> torch.Tensor:
+    n = len(k)
+    h = torch.eye(n, dtype=torch.float64) - 1.0 / n
+    return torch.trace(k @ h @ l_ @ h)
+
+
+def test_linear_cka_matches_the_gram_matrix_definition():
+    from irepa.experiments.diagnose import linear_cka
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 7, generator=g, dtype=torch.float64)
+    y = x[:, :5] @ torch.randn(5, 9, generator=g, dtype=torch.float64) + 0.5 * torch.randn(40, 9, generator=g)
+    k, l_ = x @ x.T, y.double() @ y.double().T
+    expected = _hsic(k, l_) / torch.sqrt(_hsic(k, k) * _hsic(l_, l_))
+    assert linear_cka(x, y) == pytest.approx(float(expected), rel=1e-9)
+    q, _ = torch.linalg.qr(torch.randn(7, 7, generator=g, dtype=torch.float64))
+    assert linear_cka(x, 3.0 * x @ q + 1.0) == pytest.approx(1.0, abs=1e-9)  # rotation, scale, shift
+    assert linear_cka(x, torch.randn(40, 9, generator=g)) < linear_cka(x, y)
+    with pytest.raises(ValueError, match="same n"):
+        linear_cka(x, y[:10])
+
+
+def test_diagnose_reads_null_class_hidden_states_of_trained_runs(tmp_path):
+    from test_train import tiny_config
+
+    from irepa.experiments.diagnose import diagnose_runs, hidden_tokens
+    from irepa.sample.pipeline import build_model_from_config
+    from irepa.train.checkpoint import load_checkpoint
+    from irepa.train.trainer import train
+
+    runs = []
+    for name, align in (("vanilla", False), ("irepa", True)):
+        cfg = tiny_config(tmp_path / name, align=align, **{"train.steps": 2, "train.ckpt_every": 2})
+        train(cfg)
+        runs.append(tmp_path / name)
+    rows = diagnose_runs(runs, times=(0.5,), encoder_weights="random", n_train=24, n_test=12, source="synthetic")
+    assert [r["run"] for r in rows] == ["encoder:dinov2-vit-s", "pixels", "vanilla", "irepa"]
+    assert all(0.0 <= r["probe"] <= 1.0 and 0.0 <= r["cka"] <= 1.0 + 1e-9 for r in rows)
+    assert rows[2]["depth"] == 1 and rows[2]["step"] == 2
+
+    ckpt = load_checkpoint(tmp_path / "irepa" / "checkpoints")
+    model = build_model_from_config(ckpt["config"]).eval()
+    model.load_state_dict(ckpt["ema"])
+    images = torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    whole = hidden_tokens(model, images, 0.5, 1, in_channels=3, seed=4)
+    split = hidden_tokens(model, images, 0.5, 1, in_channels=3, seed=4, batch_size=2)
+    torch.testing.assert_close(whole, split)  # batching does not change the noise or the tokens
+    x0 = images * 2 - 1
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(4))
+    t = torch.full((5,), 0.5)
+    null = torch.full((5,), model.num_classes)
+    _, expected = model(0.5 * x0 + 0.5 * noise, t, null, return_hidden_at=1)  # linear path: x_t = (1-t) x + t eps
+    torch.testing.assert_close(whole, expected)
+
+
+def test_pixel_tokens_are_the_model_patches():
+    from irepa.experiments.diagnose import pixel_tokens
+
+    images = torch.rand(2, 3, 8, 8)
+    tokens = pixel_tokens(images, grid=4, in_channels=1)
+    assert tokens.shape == (2, 16, 4)
+    grey = images.mean(dim=1)
+    # token (row 1, col 2) is the 2x2 patch at rows 2..3, cols 4..5, row-major inside the patch
+    torch.testing.assert_close(tokens[:, 1 * 4 + 2], grey[:, 2:4, 4:6].flatten(1))
+    assert pixel_tokens(images, grid=2, in_channels=3).shape == (2, 4, 3 * 16)

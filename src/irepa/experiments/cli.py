@@ -28,7 +28,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_quickstart)
 
     c = subparsers.add_parser("compare", help="train recipes side by side and plot FID against steps")
-    c.add_argument("--recipes", default="vanilla,repa,irepa")
+    c.add_argument(
+        "--recipes",
+        default="vanilla,repa,irepa",
+        help="comma-separated; a recipe may carry changes, e.g. irepa+align.depth=3+align.coeff=0.5",
+    )
     c.add_argument("--encoder", default=None, help="alignment encoder(s) (default dinov2-vit-s)")
     c.add_argument("--steps", type=int, default=400)
     c.add_argument("--eval-every", type=int, default=200)
@@ -37,6 +41,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--out", default="runs/compare")
     c.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides for every recipe")
     c.set_defaults(func=_compare)
+
+    d = subparsers.add_parser(
+        "diagnose", help="probe accuracy, CKA to the encoder and spatial metrics of trained runs' hidden states"
+    )
+    d.add_argument("runs", nargs="+", help="run folders (each with checkpoints/), e.g. runs/compare/vanilla")
+    d.add_argument("--t", default="0.25,0.5,0.75", help="noise levels (t=0 data, t=1 noise)")
+    d.add_argument("--depth", type=int, default=None, help="block to read (default: each run's align.depth)")
+    d.add_argument("--encoder", default="dinov2-vit-s")
+    d.add_argument("--encoder-weights", default=None)
+    d.add_argument("--n-train", type=int, default=2000, help="training images for the probe")
+    d.add_argument("--n-test", type=int, default=1000, help="test images for the probe, CKA and metrics")
+    d.add_argument("--images", default="fashion-mnist", choices=["fashion-mnist", "synthetic"])
+    d.add_argument("--out", default=None, help="CSV to write (default: print only)")
+    d.set_defaults(func=_diagnose)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -64,4 +82,28 @@ def _compare(args: argparse.Namespace) -> int:
         extra=_extra(args.set),
     )
     print(markdown_table(rows, recipes))
+    return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .diagnose import diagnose_runs, markdown, write_rows
+
+    times = tuple(float(x) for x in args.t.split(",") if x)
+    if not times or not all(0.0 <= t <= 1.0 for t in times):
+        raise SystemExit(f"--t needs noise levels in [0, 1], got {args.t!r}")
+    rows = diagnose_runs(
+        args.runs,
+        times,
+        args.depth,
+        args.encoder,
+        args.encoder_weights,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        source=args.images,
+    )
+    if args.out:
+        write_rows(rows, Path(args.out))
+    print(markdown(rows))
     return 0

@@ -53,11 +53,13 @@ def run_compare(
     out.mkdir(parents=True, exist_ok=True)
     if eval_every < 1 or steps < eval_every:
         raise ValueError("need 1 <= --eval-every <= --steps")
+    for name in recipes:  # fail on a typo now, not after the first recipe has trained
+        recipe_overrides(name, extra)
     table = out / "fid.csv"
     done = _done(table)
     scorer = FidScorer(out / "cache", num_ref=fid_ref, resolution=32)
     for name in recipes:
-        overrides = {**recipe_overrides(name), **(extra or {}), "train.steps": steps, "train.ckpt_every": eval_every}
+        overrides = {**recipe_overrides(name, extra), "train.steps": steps, "train.ckpt_every": eval_every}
         if encoder:
             overrides["align.encoders"] = encoder
         cfg = small_scale_config(out / name, overrides)

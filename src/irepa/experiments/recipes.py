@@ -16,7 +16,20 @@ RECIPES: dict[str, dict] = {
 }
 
 
-def recipe_overrides(name: str) -> dict:
+def recipe_overrides(spec: str, common: dict | None = None) -> dict:
+    """A named recipe, optionally with config changes: ``irepa`` or ``irepa+align.depth=3+align.coeff=0.5``.
+
+    ``common`` (changes for every recipe) overrides the named recipe; the spec's own changes override both.
+    """
+    from irepa.config import _parse_scalar
+
+    name, *changes = spec.split("+")
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; valid: {', '.join(RECIPES)}")
-    return dict(RECIPES[name])
+        raise ValueError(f"unknown recipe {name!r} in {spec!r}; valid: {', '.join(RECIPES)} (then +key=value ...)")
+    out = {**RECIPES[name], **(common or {})}
+    for change in changes:
+        key, sep, value = change.partition("=")
+        if not sep or "." not in key:
+            raise ValueError(f"{spec!r}: expected +section.field=value after the recipe name, got {change!r}")
+        out[key] = _parse_scalar(value)
+    return out
