@@ -27,6 +27,7 @@ from irepa.metrics.probe import train_linear_probe
 from irepa.metrics.spatial import cds, lds
 from irepa.sample.pipeline import build_model_from_config
 from irepa.train.checkpoint import latest_checkpoint, load_checkpoint
+from irepa.train.trainer import pixels_to_model_space
 
 from .token_cache import encode_dataset
 
@@ -76,9 +77,7 @@ def hidden_tokens(
 ) -> torch.Tensor:
     """Tokens ``(N, T, C)`` after block ``depth`` for ``[0, 1]`` images noised to time ``t`` (null class)."""
     interpolant = get_interpolant(path)
-    x0 = images.float() * 2 - 1
-    if in_channels == 1:
-        x0 = x0.mean(dim=1, keepdim=True)
+    x0 = pixels_to_model_space(images, in_channels)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     out = []
     for start in range(0, len(x0), batch_size):
@@ -124,25 +123,28 @@ def diagnose_runs(
     """One row per (run, t), plus the encoder's own row; see the module docstring."""
     from irepa.encoders import load_encoder
 
-    ckpts = []
+    runs = []  # (folder, checkpoint, model with its EMA weights), all checked before any encoding
     for run in run_dirs:
         ckpt_path = latest_checkpoint(Path(run) / "checkpoints")
         if ckpt_path is None:
             raise FileNotFoundError(f"{run}: no checkpoints/step_*.pt; train the run first")
-        ckpts.append((Path(run), load_checkpoint(ckpt_path)))
-    m = ckpts[0][1]["config"]["model"]
-    for run, ckpt in ckpts:
+        ckpt = load_checkpoint(ckpt_path)
         if ckpt.get("latent_stats") is not None:
             raise ValueError(f"{run} was trained on latents; diagnose compares pixel-space runs")
+        model = build_model_from_config(ckpt["config"])
+        model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
+        runs.append((Path(run), ckpt, model.eval()))
+    m, grid_hw = runs[0][1]["config"]["model"], tuple(runs[0][2].grid)
+    for run, ckpt, model in runs:
         if ckpt["config"]["model"]["input_size"] != m["input_size"]:
             raise ValueError(f"{run}: runs must share model.input_size to be compared on the same images")
-    resolution, n_classes = m["input_size"], m["num_classes"]
+        if tuple(model.grid) != grid_hw:
+            raise ValueError(f"{run}: token grid {model.grid} differs from {grid_hw}; compare runs with one grid")
+    resolution, n_classes, grid = m["input_size"], m["num_classes"], grid_hw[0]
     train_x, train_y = _images(source, "train", n_train, resolution, n_classes)
     test_x, test_y = _images(source, "test", n_test, resolution, n_classes)
 
-    model0 = build_model_from_config(ckpts[0][1]["config"])
-    grid = model0.grid[0]
-    enc = load_encoder(encoder, weights=encoder_weights, grid=model0.grid).freeze()
+    enc = load_encoder(encoder, weights=encoder_weights, grid=grid_hw).freeze()
     target_train = encode_dataset(_AsItems(train_x), enc, desc=f"encode {encoder}").float()
     target_test = encode_dataset(_AsItems(test_x), enc, desc=f"encode {encoder}").float()
     flat_target = target_test.flatten(0, 1)
@@ -172,13 +174,8 @@ def diagnose_runs(
             **_token_metrics(px_test, grid),
         }
     )
-    for run, ckpt in ckpts:
+    for run, ckpt, model in runs:
         cfg = ckpt["config"]
-        model = build_model_from_config(cfg)
-        if tuple(model.grid) != tuple(model0.grid):
-            raise ValueError(f"{run}: token grid {model.grid} differs from {model0.grid}; compare runs with one grid")
-        model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
-        model.eval()
         k = depth or int(cfg["align"]["depth"])
         path, channels = cfg["diffusion"]["path"], cfg["model"]["in_channels"]
         for t in times:

@@ -134,16 +134,22 @@ def build_aligner(cfg: RunConfig, backbone: nn.Module, device, dtype) -> tuple[A
     return aligner, encoders
 
 
+def pixels_to_model_space(images: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """``[0, 1]`` RGB images as the pixel-space model sees them: ``[-1, 1]``, grey when ``in_channels`` is 1."""
+    x0 = images.float() * 2 - 1
+    if in_channels == 1:
+        return x0.mean(dim=1, keepdim=True)
+    if in_channels != 3:
+        raise ValueError(f"pixel-space training needs model.in_channels 1 or 3, got {in_channels}")
+    return x0
+
+
 def to_model_space(batch: dict, cfg: RunConfig, latent_stats, generator: torch.Generator, device) -> torch.Tensor:
     """Latents (sampled from the cached posterior, scaled per channel) or pixels in [-1, 1]."""
     if "moments" in batch:
         x0 = normalize_latents(sample_posterior(batch["moments"].float(), generator), *latent_stats)
     else:
-        x0 = batch["image"].float() * 2 - 1
-        if cfg.model.in_channels == 1:
-            x0 = x0.mean(dim=1, keepdim=True)
-        elif cfg.model.in_channels != 3:
-            raise ValueError(f"pixel-space training needs model.in_channels 1 or 3, got {cfg.model.in_channels}")
+        x0 = pixels_to_model_space(batch["image"], cfg.model.in_channels)
     if tuple(x0.shape[-2:]) != (cfg.model.input_size, cfg.model.input_size):
         raise ValueError(
             f"data gives {tuple(x0.shape[-2:])} inputs but model.input_size is {cfg.model.input_size}; "
