@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import os
 import zlib
 from pathlib import Path
 
@@ -238,6 +239,11 @@ def test_folder_with_masks_counts_skipped_images(tmp_path: Path, zoo: FakeZoo) -
     assert run_cli(argv) == 2
 
 
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").exists()
+    and not os.environ.get("IREPA_FASHION_MNIST"),
+    reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_fashion_mnist_masks_from_pixels(tmp_path: Path, zoo: FakeZoo) -> None:
     argv = [
         "metrics",
