@@ -24,6 +24,7 @@ from irepa.align import Aligner, AlignOutput
 from irepa.config import RunConfig, config_diff, save_config, to_dict, with_defaults
 from irepa.data import build_dataset, make_loader, normalize_latents, sample_posterior
 from irepa.diffusion import get_interpolant, make_flow_batch, velocity_loss
+from irepa.errors import TrainingDiverged
 from irepa.models import create_model
 from irepa.sample.pipeline import Generator, LatentDecoder, make_grid, save_png
 
@@ -61,10 +62,6 @@ RESUME_MUST_MATCH = [
     "train.ema_warmup",
     "data.vae",
 ]
-
-
-class TrainingDiverged(RuntimeError):
-    """Raised when the loss or the gradient norm stops being finite."""
 
 
 class AlignedModel(nn.Module):
