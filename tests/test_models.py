@@ -63,3 +63,18 @@ def test_unpatchify_inverts_patchify():
     p = 2
     patches = x.reshape(2, 4, 4, p, 4, p).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, p * p * 4)
     torch.testing.assert_close(model.unpatchify(patches), x)
+
+
+def test_sit_state_dict_keys_are_stable():
+    """Checkpoints store these names; the shared building blocks must keep them (and no others)."""
+    model = create_model("SiT-S/2", depth=1, input_size=8, num_classes=2, qk_norm=True)
+    attn = ("qkv.weight", "qkv.bias", "q_norm.weight", "k_norm.weight", "proj.weight", "proj.bias")
+    block = [f"attn.{n}" for n in attn]
+    block += ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"]
+    block += ["adaLN_modulation.1.weight", "adaLN_modulation.1.bias"]
+    expected = ["x_embedder.weight", "x_embedder.bias"]
+    expected += [f"t_embedder.mlp.{i}.{w}" for i in (0, 2) for w in ("weight", "bias")]
+    expected += ["y_embedder.weight"] + [f"blocks.0.{n}" for n in block]
+    expected += [f"final_layer.{n}" for n in ("linear.weight", "linear.bias")]
+    expected += ["final_layer.adaLN_modulation.1.weight", "final_layer.adaLN_modulation.1.bias"]
+    assert list(model.state_dict()) == expected

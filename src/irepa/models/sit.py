@@ -12,7 +12,19 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import Attention, Mlp, TimestepEmbedder, modulate, sincos_pos_embed_2d
+from .layers import (
+    AdaLNZeroBlock,
+    FinalLayer,
+    Mlp,
+    TimestepEmbedder,
+    check_hidden_index,
+    init_conditioning,
+    sincos_pos_embed_2d,
+    unpatchify,
+    xavier_init_conv_as_linear,
+    xavier_init_linears,
+    zero_init_adaln,
+)
 
 
 @dataclass
@@ -35,37 +47,9 @@ class SiTConfig:
         return h // self.patch_size, w // self.patch_size
 
 
-class SiTBlock(nn.Module):
-    """Transformer block with adaptive LayerNorm-Zero conditioning."""
-
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qk_norm: bool):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(dim, num_heads, qk_norm=qk_norm)
-        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio))
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_a.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_a, scale_a))
-        x = x + gate_m.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
-        return x
-
-
-class FinalLayer(nn.Module):
-    def __init__(self, dim: int, patch_size: int, out_channels: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
-
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)
-        return self.linear(modulate(self.norm(x), shift, scale))
-
-
 class SiT(nn.Module):
+    """LayerNorm + GELU-MLP adaLN-Zero transformer over patches (no RoPE, no dropout)."""
+
     def __init__(self, config: SiTConfig):
         super().__init__()
         self.config = config
@@ -77,40 +61,23 @@ class SiT(nn.Module):
         self.t_embedder = TimestepEmbedder(c.hidden_size)
         self.y_embedder = nn.Embedding(c.num_classes + 1, c.hidden_size)
         self.register_buffer("pos_embed", sincos_pos_embed_2d(c.hidden_size, self.grid)[None], persistent=False)
+        mlp_hidden = int(c.hidden_size * c.mlp_ratio)
         self.blocks = nn.ModuleList(
-            SiTBlock(c.hidden_size, c.num_heads, c.mlp_ratio, c.qk_norm) for _ in range(c.depth)
+            AdaLNZeroBlock(c.hidden_size, c.num_heads, Mlp(c.hidden_size, mlp_hidden), norm="layer", qk_norm=c.qk_norm)
+            for _ in range(c.depth)
         )
         self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.in_channels)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
         """DiT's initialisation: Xavier linears, zeroed adaLN and output layers (identity blocks)."""
-
-        def init_linear(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-        self.apply(init_linear)
-        w = self.x_embedder.weight
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.bias)
-        nn.init.normal_(self.y_embedder.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        for block in self.blocks:
-            nn.init.zeros_(block.adaLN_modulation[-1].weight)
-            nn.init.zeros_(block.adaLN_modulation[-1].bias)
-        for layer in (self.final_layer.adaLN_modulation[-1], self.final_layer.linear):
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        xavier_init_linears(self)
+        xavier_init_conv_as_linear(self.x_embedder)
+        init_conditioning(self.t_embedder, self.y_embedder)
+        zero_init_adaln(self.blocks, self.final_layer)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
-        p, ch = self.config.patch_size, self.config.in_channels
-        h, w = self.grid
-        x = x.reshape(x.shape[0], h, w, p, p, ch)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], ch, h * p, w * p)
+        return unpatchify(x, self.grid, self.config.patch_size, self.config.in_channels)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_hidden_at: int | None = None
@@ -119,8 +86,7 @@ class SiT(nn.Module):
 
         With ``return_hidden_at=k`` (1-indexed) also returns the tokens ``(B, T, C)`` after block k.
         """
-        if return_hidden_at is not None and not 1 <= return_hidden_at <= len(self.blocks):
-            raise ValueError(f"return_hidden_at must be in 1..{len(self.blocks)}, got {return_hidden_at}")
+        check_hidden_index(return_hidden_at, len(self.blocks))
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.y_embedder(y)
         hidden = None
