@@ -1,4 +1,4 @@
-"""Model registry: ``create_model("SiT-XL/2", **overrides)``, in the spirit of timm."""
+"""Model registry: ``create_model("SiT-XL/2", **overrides)`` / ``create_model("JiT-B/16")``, in the spirit of timm."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import fields, replace
 
 from torch import nn
 
+from .jit import JiT, JiTConfig
 from .sit import SiT, SiTConfig
 
 _SIZES = {  # (depth, width, heads), as DiT / SiT
@@ -14,6 +15,12 @@ _SIZES = {  # (depth, width, heads), as DiT / SiT
     "B": (12, 768, 12),
     "L": (24, 1024, 16),
     "XL": (28, 1152, 16),
+}
+
+_JIT_SIZES = {  # (depth, width, heads, bottleneck, in-context start), as JiT
+    "B": (12, 768, 12, 128, 4),
+    "L": (24, 1024, 16, 128, 8),
+    "H": (32, 1280, 16, 256, 10),
 }
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], object]] = {}
@@ -27,6 +34,14 @@ def register_model(name: str, builder: Callable[..., nn.Module], config: object)
 for _size, (_depth, _width, _heads) in _SIZES.items():
     for _patch in (1, 2, 4, 8):
         register_model(f"SiT-{_size}/{_patch}", SiT, SiTConfig(_depth, _width, _heads, _patch))
+
+for _size, (_depth, _width, _heads, _bottleneck, _start) in _JIT_SIZES.items():
+    for _patch in (16, 32):
+        register_model(
+            f"JiT-{_size}/{_patch}",
+            JiT,
+            JiTConfig(_depth, _width, _heads, _patch, bottleneck_dim=_bottleneck, in_context_start=_start),
+        )
 
 
 def list_models() -> list[str]:
