@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from irepa.diffusion import SamplerConfig, get_interpolant, make_flow_batch, sample, sample_time
+from irepa.diffusion import SamplerConfig, get_interpolant, sample, sample_time
+from irepa.objectives import ObjectiveConfig, build_objective
 
 
 @pytest.mark.parametrize("path", ["linear", "cosine"])
@@ -39,21 +40,15 @@ def test_time_sampling_distributions():
         sample_time(3, "beta")
 
 
-def test_flow_batch_label_dropout_rate_and_determinism():
+def test_objective_draw_label_dropout_rate_and_determinism():
     labels = torch.zeros(10000, dtype=torch.long)
     x0 = torch.zeros(10000, 1)
-    fb = make_flow_batch(
-        x0,
-        labels,
-        get_interpolant("linear"),
-        num_classes=7,
-        label_dropout=0.1,
-        generator=torch.Generator().manual_seed(1),
-    )
-    rate = (fb.labels == 7).float().mean().item()
-    assert abs(rate - 0.1) < 0.01 and set(fb.labels.unique().tolist()) == {0, 7}
-    fb2 = make_flow_batch(x0, labels, get_interpolant("linear"), 7, 0.1, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(fb.xt, fb2.xt) and torch.equal(fb.t, fb2.t)
+    objective = build_objective(ObjectiveConfig(label_dropout=0.1), num_classes=7)
+    d = objective.draw(x0, labels, torch.Generator().manual_seed(1))
+    rate = (d.labels == 7).float().mean().item()
+    assert abs(rate - 0.1) < 0.01 and set(d.labels.unique().tolist()) == {0, 7}
+    d2 = objective.draw(x0, labels, torch.Generator().manual_seed(1))
+    assert torch.equal(d.noise, d2.noise) and torch.equal(d.t, d2.t)
 
 
 def gaussian_velocity(mu: float, s: float):

@@ -7,8 +7,8 @@ from irepa.config import load_config
 from irepa.data import DataConfig, build_dataset
 from irepa.encoders.base import Encoder
 from irepa.experiments.compare import markdown_table
-from irepa.experiments.recipes import RECIPES, recipe_overrides
 from irepa.experiments.token_cache import TokenCachedDataset, cached_tokens
+from irepa.recipes import ALIGNMENTS, recipe_overrides
 
 
 class CountingEncoder(Encoder):
@@ -50,15 +50,15 @@ def test_cached_tokens_refuse_flipped_items(tmp_path):
 
 def test_recipes_agree_with_shipped_configs():
     configs = Path(__file__).resolve().parents[1] / "configs"
-    for name in RECIPES:
+    for name in ALIGNMENTS:
         from_yaml = load_config(configs / f"{name}.yaml")
         from_recipe = load_config(configs / "vanilla.yaml", recipe_overrides(name))
         if from_yaml.align.enabled:
             for key in ("projector", "kernel_size", "coeff", "norm", "zscore_alpha"):
                 assert getattr(from_recipe.align, key) == getattr(from_yaml.align, key), (name, key)
         assert from_recipe.align.enabled == from_yaml.align.enabled
-    with pytest.raises(ValueError, match="vanilla, repa, irepa"):
-        recipe_overrides("repa-e")
+    with pytest.raises(ValueError, match="jit-irepa"):
+        recipe_overrides("repa-x")
 
 
 def test_markdown_table_layout():

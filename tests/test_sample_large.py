@@ -9,7 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from irepa.codecs import PixelCodec
 from irepa.diffusion.samplers import SamplerConfig
+from irepa.objectives import ObjectiveConfig, build_objective
 from irepa.sample.large_scale import (
     SamplingPlan,
     class_grid,
@@ -38,8 +40,13 @@ class TinyVelocity(nn.Module):
         return self.a * x + t[:, None, None, None] * self.emb(y)[:, :, None, None]
 
 
+def tiny_generator(info: dict | None = None) -> Generator:
+    """Velocity prediction on the linear path, in pixel space: what a SiT checkpoint rebuilds."""
+    return Generator(TinyVelocity(), build_objective(ObjectiveConfig(), NUM_CLASSES), PixelCodec(3), 8, info)
+
+
 def make_generate(kind: str = "sde", calls: list | None = None, fail_after: int | None = None):
-    generator = Generator(TinyVelocity(), (3, 8, 8), NUM_CLASSES)
+    generator = tiny_generator()
     cfg = SamplerConfig(kind=kind, steps=3)
 
     def generate(labels, seeds):
@@ -184,7 +191,7 @@ def test_sample_command_end_to_end(tmp_path, monkeypatch):
 
     def fake_load_generator(ckpt, use_ema=True, device="cpu", vae=None):
         info = {"checkpoint": str(ckpt), "step": 42, "model": "tiny", "ema": use_ema, "vae": None, "space": "pixel"}
-        return Generator(TinyVelocity(), (3, 8, 8), NUM_CLASSES, info=info)
+        return tiny_generator(info)
 
     monkeypatch.setattr(pipeline, "load_generator", fake_load_generator)
     out = tmp_path / "out"

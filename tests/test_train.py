@@ -116,16 +116,16 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     train(tiny_config(tmp_path / "run"), stop_after=3)
     good = latest_checkpoint(tmp_path / "run" / "checkpoints")
     before = good.read_bytes()
-    import irepa.train.trainer as trainer
+    import irepa.objectives.flow as flow
 
     calls = {"n": 0}
-    real = trainer.velocity_loss
+    real = flow.squared_error
 
     def poisoned(pred, target):
         calls["n"] += 1
         return real(pred, target) * (math.nan if calls["n"] == 2 else 1.0)
 
-    monkeypatch.setattr(trainer, "velocity_loss", poisoned)
+    monkeypatch.setattr(flow, "squared_error", poisoned)
     with pytest.raises(TrainingDiverged, match="step 5"):
         train(tiny_config(tmp_path / "run"), resume=True)
     assert latest_checkpoint(tmp_path / "run" / "checkpoints") == good

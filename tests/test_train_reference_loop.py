@@ -99,7 +99,7 @@ def reference_losses(cfg) -> list[float]:
     opt = torch.optim.AdamW(params, lr=cfg.train.lr, betas=tuple(cfg.train.betas), weight_decay=0.0, eps=1e-8)
     accum = cfg.train.grad_accum
     loader = iter(make_loader(build_dataset(cfg.data), batch_size=cfg.train.batch_size // accum, seed=cfg.train.seed))
-    d = cfg.diffusion
+    d = cfg.objective
     losses = []
     for step in range(STEPS):
         opt.zero_grad(set_to_none=True)
@@ -140,7 +140,7 @@ def reference_losses(cfg) -> list[float]:
         ("vanilla", {}),
         ("repa", {}),
         ("irepa", {}),
-        ("irepa", {"diffusion.path": "cosine", "diffusion.time_sampling": "lognormal", "train.grad_accum": 2}),
+        ("irepa", {"objective.path": "cosine", "objective.time_sampling": "lognormal", "train.grad_accum": 2}),
     ],
     ids=["vanilla", "repa", "irepa", "irepa-cosine-lognormal-accum2"],
 )

@@ -17,6 +17,8 @@ import yaml
 
 from irepa.data.config import DataConfig
 from irepa.diffusion.samplers import SamplerConfig
+from irepa.errors import ConfigError
+from irepa.objectives.base import ObjectiveConfig
 
 
 @dataclass
@@ -25,20 +27,26 @@ class ModelSection:
     input_size: int = 32  # latent (or pixel) side length
     in_channels: int = 4
     num_classes: int = 1000
-    qk_norm: bool = False
-    depth: int | None = None  # None: the named size's; set to build a custom-size model
+    qk_norm: bool = False  # SiT: RMSNorm on queries and keys (JiT always has it)
+    # None: the named model's own value; set to build a custom-size model
+    depth: int | None = None
     hidden_size: int | None = None
     num_heads: int | None = None
+    patch_size: int | None = None
+    bottleneck_dim: int | None = None  # JiT: width of the bottleneck patch embedding
+    in_context_start: int | None = None  # JiT: block before which the class tokens are prepended
+    in_context_len: int | None = None  # JiT: how many class tokens
 
-    def overrides(self) -> dict:
-        """Keyword overrides for ``irepa.models.create_model``."""
-        out = {
-            "input_size": self.input_size,
-            "in_channels": self.in_channels,
-            "num_classes": self.num_classes,
-            "qk_norm": self.qk_norm,
-        }
-        out.update({k: v for k in ("depth", "hidden_size", "num_heads") if (v := getattr(self, k)) is not None})
+    def overrides(self, interval_embedding: bool = False) -> dict:
+        """Keyword overrides for ``irepa.models.create_model`` (only what was set, and what the model has)."""
+        out = {"input_size": self.input_size, "in_channels": self.in_channels, "num_classes": self.num_classes}
+        if self.qk_norm:
+            out["qk_norm"] = True
+        if interval_embedding:
+            out["interval_embedding"] = True
+        optional = ("depth", "hidden_size", "num_heads", "patch_size", "bottleneck_dim", "in_context_start",
+                    "in_context_len")
+        out.update({k: v for k in optional if (v := getattr(self, k)) is not None})
         return out
 
 
@@ -67,15 +75,6 @@ class AlignSection:
 
 
 @dataclass
-class DiffusionSection:
-    path: str = "linear"
-    time_sampling: str = "uniform"
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    label_dropout: float = 0.1
-
-
-@dataclass
 class TrainSection:
     steps: int = 400_000
     batch_size: int = 256  # global batch per optimizer step (all processes, all accumulation steps)
@@ -84,9 +83,15 @@ class TrainSection:
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
     adam_eps: float = 1e-8
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
+    grad_clip: float = 1.0  # 0 disables clipping
+    decay_1d_params: bool = True  # false: no weight decay on biases, norms and other 1-D parameters (JiT)
+    lr_schedule: str = "constant"  # constant | cosine (to min_lr at the last step), after the warm-up
+    warmup_steps: int = 0  # linear warm-up of the learning rate from 0
+    min_lr: float = 0.0
+    ema_decay: float = 0.9999  # the EMA that sampling and evaluation use
+    extra_ema_decays: list[float] = field(default_factory=list)  # further EMAs kept in checkpoints (JiT: 0.9996)
     ema_warmup: bool = False  # ramp the decay as (1 + step) / (10 + step) for short runs
+    max_skipped_steps: int = 100  # fp16: stop after this many consecutive loss-scaler overflows
     mixed_precision: str = "no"  # no | fp16 | bf16
     compile: bool = False
     seed: int = 0
@@ -101,10 +106,11 @@ class TrainSection:
 
 @dataclass
 class RunConfig:
+    recipe: str = "sit"  # sit | jit | meanflow: its preset sits under the YAML file (irepa.recipes)
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
     align: AlignSection = field(default_factory=AlignSection)
-    diffusion: DiffusionSection = field(default_factory=DiffusionSection)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainSection = field(default_factory=TrainSection)
     sample: SamplerConfig = field(default_factory=SamplerConfig)
     out: str = "runs/default"
@@ -131,7 +137,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where)
     origin = typing.get_origin(tp)
     if origin is list:
@@ -151,13 +157,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return bool(value)
     if tp in (int, float, str):
         try:
             return tp(value)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from err
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from err
     return value
 
 
@@ -175,7 +181,7 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     valid = {f.name for f in fields(cls)}
     unknown = set(data) - valid
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(valid)}")
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(valid)}")
     kwargs = {}
     for key, value in data.items():
         if cls is AlignSection and key == "encoders":
@@ -207,28 +213,59 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
+def upgrade_config_dict(data: dict) -> dict:
+    """A config dict as written by an earlier release, in today's layout (a copy; unknown keys are kept)."""
+    data = dict(data)
+    if "diffusion" in data and "objective" not in data:  # the objective section was called diffusion
+        data["objective"] = data.pop("diffusion")
+    if isinstance(data.get("sample"), dict) and "path" in data["sample"]:  # samplers take the objective's path
+        data["sample"] = {k: v for k, v in data["sample"].items() if k != "path"}
+    return data
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        if not isinstance(node.get(p), dict):
+            raise ConfigError(f"unknown config key {dotted!r}")
+        node = node[p]
+    if leaf not in node:
+        raise ConfigError(f"unknown config key {dotted!r}; valid here: {sorted(node)}")
+    node[leaf] = value
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults, then the YAML file, then dotted ``overrides`` such as ``{"train.lr": 2e-4}``."""
-    data = to_dict(RunConfig())
+    """Defaults, the recipe's preset, the YAML file, then dotted ``overrides`` such as ``{"train.lr": 2e-4}``.
+
+    The recipe (``recipe`` from the overrides, else from the file, else ``sit``) names a family preset
+    of :mod:`irepa.recipes` that sits between the library defaults and the file.
+    """
+    from irepa.recipes import family_preset
+
+    overrides = dict(overrides or {})
+    loaded: dict = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+            raise ConfigError(f"config file {path} does not exist; check the path (examples are in configs/)")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {err}") from err
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: the top level must be a mapping of sections")
-        data = _merge(data, loaded)
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            if not isinstance(node.get(p), dict):
-                raise ValueError(f"unknown config key {dotted!r}")
-            node = node[p]
-        if leaf not in node:
-            raise ValueError(f"unknown config key {dotted!r}; valid here: {sorted(node)}")
-        node[leaf] = value
-    return from_dict(RunConfig, data)
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        loaded = upgrade_config_dict(loaded)
+    data = to_dict(RunConfig())
+    recipe = overrides.get("recipe", loaded.get("recipe", data["recipe"]))
+    for dotted, value in family_preset(str(recipe)).items():
+        _set_dotted(data, dotted, value)
+    data = _merge(data, loaded)
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value)
+    cfg = from_dict(RunConfig, data)
+    cfg.objective.validate()
+    return cfg
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
@@ -251,8 +288,13 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def with_defaults(stored: dict) -> dict:
-    """A stored config dict completed with today's defaults (fields added since it was written)."""
-    return _merge(to_dict(RunConfig()), stored)
+    """A stored config dict in today's layout, completed with today's defaults (fields added since)."""
+    return _merge(to_dict(RunConfig()), upgrade_config_dict(stored))
+
+
+def config_from_checkpoint(ckpt: dict) -> RunConfig:
+    """The run config stored in a checkpoint (of this or an earlier release) as a :class:`RunConfig`."""
+    return from_dict(RunConfig, with_defaults(ckpt["config"]), "checkpoint config")
 
 
 def config_diff(a: dict, b: dict, keys: list[str] | None = None) -> dict[str, tuple[Any, Any]]:
@@ -305,7 +347,8 @@ __all__ = [
     "ModelSection",
     "EncoderEntry",
     "AlignSection",
-    "DiffusionSection",
+    "ObjectiveConfig",
+    "upgrade_config_dict",
     "TrainSection",
     "RunConfig",
     "DataConfig",
@@ -318,4 +361,6 @@ __all__ = [
     "add_config_arguments",
     "overrides_from_args",
     "flatten",
+    "config_from_checkpoint",
+    "with_defaults",
 ]

@@ -1,10 +1,12 @@
 """Training data: image sources, ADM centre crop, latent caches and a resumable deterministic loader."""
 
+from irepa.codecs.latent import denormalize_latents, normalize_latents, sample_posterior
+
 from .base import CorruptImageError, ImageDataset, SampleKey
 from .build import build_dataset
 from .config import SOURCES, DataConfig
 from .latent_cache import CacheMismatchError
-from .latents import LatentDataset, denormalize_latents, normalize_latents, sample_posterior
+from .latents import LatentDataset
 from .loader import StepLoader, make_loader
 from .prepare import prepare_latents
 from .transforms import center_crop_arr

@@ -100,22 +100,3 @@ class LatentDataset(ImageDataset):
     @property
     def vae(self) -> str:
         return self.cache.index["vae"]
-
-
-def sample_posterior(moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Draw ``z = mean + exp(logvar / 2) * eps`` from ``(B, 2C, r, r)`` moments."""
-    mean, logvar = moments.chunk(2, dim=1)
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
-
-
-def normalize_latents(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """``(z - mean) / std`` per channel (dim 1)."""
-    shape = (1, -1) + (1,) * (z.ndim - 2)
-    return (z - mean.to(z).view(shape)) / std.to(z).view(shape)
-
-
-def denormalize_latents(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``normalize_latents``: ``z * std + mean``."""
-    shape = (1, -1) + (1,) * (z.ndim - 2)
-    return z * std.to(z).view(shape) + mean.to(z).view(shape)

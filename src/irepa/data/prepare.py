@@ -23,6 +23,8 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from irepa.codecs.latent import encode_moments
+
 from .atomic import atomic_write_json, remove_stale_temps
 from .base import CorruptImageError, ImageDataset
 from .config import DataConfig
@@ -131,15 +133,6 @@ class _EncodeView(Dataset):
             name = self.base.describe(index)
             log.warning("unreadable image %s (%s): cached as invalid", name, err.reason)
             return {"image": torch.zeros(3, r, r), "label": torch.tensor(-1), "valid": False, "name": name}
-
-
-@torch.no_grad()
-def encode_moments(vae: torch.nn.Module, images01: torch.Tensor) -> torch.Tensor:
-    """Posterior (mean, logvar) of ``[0, 1]`` images, concatenated on channels: ``(B, 2C, r, r)``."""
-    param = next(vae.parameters())
-    x = images01.to(param.device, param.dtype) * 2.0 - 1.0
-    posterior = vae.encode(x).latent_dist
-    return torch.cat([posterior.mean, posterior.logvar], dim=1).float()
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

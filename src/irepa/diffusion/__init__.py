@@ -1,7 +1,9 @@
-"""Flow matching: interpolants, time sampling, the velocity loss and ODE/SDE samplers."""
+"""Flow-matching primitives: interpolants, time sampling and the ODE / SDE / MeanFlow samplers.
+
+The objectives that compose them into training recipes live in :mod:`irepa.objectives`.
+"""
 
 from .interpolants import INTERPOLANTS, CosineInterpolant, Interpolant, LinearInterpolant, get_interpolant
-from .loss import FlowBatch, drop_labels, make_flow_batch, velocity_loss
 from .samplers import SAMPLERS, SamplerConfig, guided_velocity, per_sample_noise, sample
 from .time_sampling import TIME_SAMPLERS, sample_time
 
@@ -11,10 +13,6 @@ __all__ = [
     "Interpolant",
     "LinearInterpolant",
     "get_interpolant",
-    "FlowBatch",
-    "drop_labels",
-    "make_flow_batch",
-    "velocity_loss",
     "SAMPLERS",
     "SamplerConfig",
     "guided_velocity",

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from irepa.recipes import recipe_overrides
 from irepa.sample.pipeline import load_generator
 from irepa.train.checkpoint import latest_checkpoint
 from irepa.train.trainer import train
 
 from .evaluation import FidScorer, sample_images
-from .recipes import recipe_overrides
 from .small_scale import read_metrics_csv, small_scale_config, token_dataset
 
 FIELDS = ["recipe", "step", "fid", "loss_diffusion", "n_samples"]

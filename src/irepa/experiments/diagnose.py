@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
+from irepa.codecs import PixelCodec, codec_from_checkpoint
+from irepa.config import config_from_checkpoint
 from irepa.data import DataConfig, build_dataset
 from irepa.diffusion.interpolants import get_interpolant
 from irepa.metrics.probe import train_linear_probe
 from irepa.metrics.spatial import cds, lds
 from irepa.sample.pipeline import build_model_from_config
 from irepa.train.checkpoint import latest_checkpoint, load_checkpoint
-from irepa.train.trainer import pixels_to_model_space
 
 from .token_cache import encode_dataset
 
@@ -77,7 +78,7 @@ def hidden_tokens(
 ) -> torch.Tensor:
     """Tokens ``(N, T, C)`` after block ``depth`` for ``[0, 1]`` images noised to time ``t`` (null class)."""
     interpolant = get_interpolant(path)
-    x0 = pixels_to_model_space(images, in_channels)
+    x0 = PixelCodec(in_channels).to_model(images)
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     out = []
     for start in range(0, len(x0), batch_size):
@@ -129,7 +130,7 @@ def diagnose_runs(
         if ckpt_path is None:
             raise FileNotFoundError(f"{run}: no checkpoints/step_*.pt; train the run first")
         ckpt = load_checkpoint(ckpt_path)
-        if ckpt.get("latent_stats") is not None:
+        if codec_from_checkpoint(ckpt).kind != "pixels":
             raise ValueError(f"{run} was trained on latents; diagnose compares pixel-space runs")
         model = build_model_from_config(ckpt["config"])
         model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
@@ -175,9 +176,9 @@ def diagnose_runs(
         }
     )
     for run, ckpt, model in runs:
-        cfg = ckpt["config"]
-        k = depth or int(cfg["align"]["depth"])
-        path, channels = cfg["diffusion"]["path"], cfg["model"]["in_channels"]
+        cfg = config_from_checkpoint(ckpt)
+        k = depth or cfg.align.depth
+        path, channels = cfg.objective.path, cfg.model.in_channels
         for t in times:
             h_train = hidden_tokens(model, train_x, t, k, path, channels, seed=1)
             h_test = hidden_tokens(model, test_x, t, k, path, channels, seed=2)

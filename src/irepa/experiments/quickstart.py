@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from irepa.config import to_dict
+from irepa.recipes import recipe_overrides
 from irepa.sample.pipeline import load_generator, make_grid, save_png
 from irepa.train.checkpoint import latest_checkpoint
 from irepa.train.trainer import train
 
 from .evaluation import FidScorer, sample_images
-from .recipes import recipe_overrides
 from .small_scale import Timer, read_metrics_csv, small_scale_config, token_dataset, write_json
 
 log = logging.getLogger(__name__)

@@ -21,10 +21,6 @@ import torch
 from irepa.config import RunConfig, load_config
 
 BASE_OVERRIDES = {
-    "model.name": "SiT-S/4",
-    "model.depth": 6,
-    "model.hidden_size": 256,
-    "model.num_heads": 4,
     "model.input_size": 32,
     "model.in_channels": 1,
     "model.num_classes": 10,
@@ -41,6 +37,7 @@ BASE_OVERRIDES = {
     "train.batch_size": 64,
     "train.lr": 1e-3,
     "train.ema_decay": 0.995,
+    "train.extra_ema_decays": [],
     "train.ema_warmup": True,
     "train.grad_clip": 1.0,
     "train.log_every": 10,
@@ -54,9 +51,28 @@ BASE_OVERRIDES = {
     "sample.cfg_scale": 1.0,
 }
 
+# Each family at the same small size: depth 6, width 256, 4 px patches (an 8x8 token grid).
+_SMALL_SIT = {"model.name": "SiT-S/4", "model.depth": 6, "model.hidden_size": 256, "model.num_heads": 4}
+FAMILY_OVERRIDES = {
+    "sit": _SMALL_SIT,
+    "jit": {
+        "model.name": "JiT-B/16",
+        "model.patch_size": 4,
+        "model.depth": 6,
+        "model.hidden_size": 256,
+        "model.num_heads": 4,
+        "model.bottleneck_dim": 16,
+        "model.in_context_start": 2,
+        "model.in_context_len": 16,
+    },
+    "meanflow": {**_SMALL_SIT, "sample.kind": "meanflow", "sample.steps": 1},
+}
+
 
 def small_scale_config(out: str | Path, recipe: dict, extra: dict | None = None) -> RunConfig:
-    overrides = {**BASE_OVERRIDES, **recipe, **(extra or {}), "out": str(out)}
+    """The small-scale config of a recipe (overrides from :func:`irepa.recipes.recipe_overrides`)."""
+    family = recipe.get("recipe", "sit")
+    overrides = {**BASE_OVERRIDES, **FAMILY_OVERRIDES[family], **recipe, **(extra or {}), "out": str(out)}
     return load_config(None, overrides)
 
 
@@ -89,7 +105,7 @@ def token_dataset(cfg: RunConfig, cache_dir: Path, encoder_batch: int = 64):
 def _patch(cfg: RunConfig) -> int:
     from irepa.models import model_config
 
-    return model_config(cfg.model.name).patch_size
+    return cfg.model.patch_size or model_config(cfg.model.name).patch_size
 
 
 def balanced_labels(n: int, num_classes: int) -> torch.Tensor:

@@ -38,6 +38,7 @@ class SiTConfig:
     num_classes: int = 1000  # the null class used for CFG is index num_classes
     mlp_ratio: float = 4.0
     qk_norm: bool = False
+    interval_embedding: bool = False  # MeanFlow: also embed the interval t - r and add it to the conditioning
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -60,6 +61,7 @@ class SiT(nn.Module):
         self.x_embedder = nn.Conv2d(c.in_channels, c.hidden_size, c.patch_size, stride=c.patch_size)
         self.t_embedder = TimestepEmbedder(c.hidden_size)
         self.y_embedder = nn.Embedding(c.num_classes + 1, c.hidden_size)
+        self.interval_embedder = TimestepEmbedder(c.hidden_size) if c.interval_embedding else None
         self.register_buffer("pos_embed", sincos_pos_embed_2d(c.hidden_size, self.grid)[None], persistent=False)
         mlp_hidden = int(c.hidden_size * c.mlp_ratio)
         self.blocks = nn.ModuleList(
@@ -74,21 +76,35 @@ class SiT(nn.Module):
         xavier_init_linears(self)
         xavier_init_conv_as_linear(self.x_embedder)
         init_conditioning(self.t_embedder, self.y_embedder)
+        if self.interval_embedder is not None:
+            nn.init.normal_(self.interval_embedder.mlp[0].weight, std=0.02)
+            nn.init.normal_(self.interval_embedder.mlp[2].weight, std=0.02)
         zero_init_adaln(self.blocks, self.final_layer)
 
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         return unpatchify(x, self.grid, self.config.patch_size, self.config.in_channels)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, return_hidden_at: int | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        return_hidden_at: int | None = None,
+        r: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Velocity for ``x`` at time ``t`` and class ``y`` (``y == num_classes`` is unconditional).
 
         With ``return_hidden_at=k`` (1-indexed) also returns the tokens ``(B, T, C)`` after block k.
+        A model with ``interval_embedding`` predicts the average velocity over ``[r, t]`` (``r=None``: r = t,
+        the instantaneous velocity).
         """
         check_hidden_index(return_hidden_at, len(self.blocks))
         h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
         c = self.t_embedder(t) + self.y_embedder(y)
+        if self.interval_embedder is not None:
+            c = c + self.interval_embedder(t - r if r is not None else torch.zeros_like(t))
+        elif r is not None:
+            raise ValueError("this SiT has no interval embedding; build it with interval_embedding=True for MeanFlow")
         hidden = None
         for depth, block in enumerate(self.blocks, start=1):
             h = block(h, c)

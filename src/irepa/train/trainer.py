@@ -1,83 +1,77 @@
-"""The training loop: flow matching + representation alignment, on accelerate.
+"""The training loop, on accelerate: CPU, one GPU or many (``accelerate launch``), unchanged.
 
-Runs unchanged on a CPU, one GPU or many (``accelerate launch``). The loop, top to bottom:
-draw a batch -> move it to model space -> draw (t, noise, label dropout) from a per-step generator
--> compute encoder targets -> forward the backbone to block k and to the output -> velocity loss +
-lambda * alignment loss -> step, clip, EMA -> log, sample grid, checkpoint.
+Top to bottom: build the codec (pixels <-> model space), the objective (the recipe), the backbone
+with its alignment head, the EMA and the optimiser; restore a checkpoint if resuming; then for every
+step: batch -> model space -> encoder targets -> ``objective.loss`` -> backward, clip, step, EMA ->
+log, sample grid, checkpoint. Randomness of a step comes from a generator seeded by (seed, step,
+rank), so resuming is exact without RNG bookkeeping; scalars stay on the device between log steps.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from irepa.align import Aligner, AlignOutput
+from irepa.codecs import codec_for_dataset
 from irepa.config import RunConfig, config_diff, save_config, to_dict, with_defaults
-from irepa.data import build_dataset, make_loader, normalize_latents, sample_posterior
-from irepa.diffusion import get_interpolant, make_flow_batch, velocity_loss
-from irepa.errors import TrainingDiverged
-from irepa.models import create_model
-from irepa.sample.pipeline import Generator, LatentDecoder, make_grid, save_png
+from irepa.data import build_dataset, make_loader
+from irepa.errors import ConfigError, TrainingDiverged
+from irepa.objectives import build_objective
+from irepa.sample.pipeline import Generator, make_grid, save_png
 
-from .checkpoint import (
-    atomic_torch_save,
-    latest_checkpoint,
-    load_checkpoint,
-    prune_checkpoints,
-    rng_state,
-    set_rng_state,
-)
+from .checkpoint import atomic_torch_save, latest_checkpoint, load_checkpoint, prune_checkpoints, rng_state
 from .ema import EMA
 from .logger import ScalarLogger
+from .parts import (
+    AlignedModel,
+    StepLog,
+    build_aligner,
+    build_backbone,
+    build_optimizer,
+    check_finite,
+    encoder_targets,
+    learning_rate,
+    step_generator,
+)
 
 log = logging.getLogger(__name__)
 
 # Fields that must agree between a checkpoint and the config that resumes it.
 RESUME_MUST_MATCH = [
+    "recipe",
     "model",
     "align",
-    "diffusion",
+    "objective",
     "data.source",
     "data.path",
     "data.resolution",
     "data.flip",
     "data.limit",
+    "data.vae",
     "train.batch_size",
     "train.grad_accum",
     "train.seed",
     "train.lr",
     "train.betas",
     "train.weight_decay",
+    "train.decay_1d_params",
     "train.adam_eps",
+    "train.lr_schedule",
+    "train.warmup_steps",
+    "train.min_lr",
     "train.ema_decay",
+    "train.extra_ema_decays",
     "train.ema_warmup",
-    "data.vae",
 ]
 
-
-class AlignedModel(nn.Module):
-    """Backbone and alignment head as one module, so DDP and the optimizer see every parameter."""
-
-    def __init__(self, backbone: nn.Module, aligner: Aligner | None, depth: int):
-        super().__init__()
-        self.backbone = backbone
-        self.aligner = aligner
-        self.depth = depth
-
-    def forward(self, xt, t, y, targets: dict[str, torch.Tensor] | None = None):
-        if self.aligner is None or targets is None:
-            return self.backbone(xt, t, y), None
-        v, hidden = self.backbone(xt, t, y, return_hidden_at=self.depth)
-        return v, self.aligner(hidden, targets)
+__all__ = ["TrainResult", "TrainingDiverged", "train", "step_generator", "build_aligner", "build_backbone"]
 
 
 @dataclass
@@ -88,97 +82,22 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    """A generator that depends only on (seed, micro-step, rank): resuming needs no RNG bookkeeping."""
-    state = np.random.SeedSequence([seed, step, rank]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def build_backbone(cfg: RunConfig) -> nn.Module:
-    return create_model(cfg.model.name, **cfg.model.overrides())
-
-
-def build_aligner(cfg: RunConfig, backbone: nn.Module, device, dtype) -> tuple[Aligner | None, dict[str, nn.Module]]:
-    """Load the frozen encoders at the backbone's token grid and build their projectors."""
-    a = cfg.align
-    if not a.enabled or not a.encoders:
-        return None, {}
-    from irepa.encoders import load_encoder
-
-    depth = len(backbone.blocks)
-    if not 1 <= a.depth <= depth:
-        raise ValueError(f"align.depth={a.depth} but {cfg.model.name} has {depth} blocks; choose 1..{depth}")
-    names = [e.name for e in a.encoders]
-    if len(set(names)) != len(names):
-        raise ValueError(f"align.encoders lists an encoder twice: {names}")
-    encoders = {
-        e.name: load_encoder(
-            e.name, weights=e.weights, resolution=a.encoder_resolution, grid=backbone.grid, device=device, dtype=dtype
-        ).freeze()
-        for e in a.encoders
-    }
-    aligner = Aligner(
-        hidden_dim=backbone.hidden_size,
-        encoder_dims={n: enc.embed_dim for n, enc in encoders.items()},
-        grid=backbone.grid,
-        coeffs={e.name: a.coeff if e.coeff is None else e.coeff for e in a.encoders},
-        projector=a.projector,
-        kernel_size=a.kernel_size,
-        projector_hidden_dim=a.projector_hidden_dim,
-        norm=a.norm,
-        alpha=a.zscore_alpha,
-    )
-    return aligner, encoders
-
-
-def pixels_to_model_space(images: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """``[0, 1]`` RGB images as the pixel-space model sees them: ``[-1, 1]``, grey when ``in_channels`` is 1."""
-    x0 = images.float() * 2 - 1
-    if in_channels == 1:
-        return x0.mean(dim=1, keepdim=True)
-    if in_channels != 3:
-        raise ValueError(f"pixel-space training needs model.in_channels 1 or 3, got {in_channels}")
-    return x0
-
-
-def to_model_space(batch: dict, cfg: RunConfig, latent_stats, generator: torch.Generator, device) -> torch.Tensor:
-    """Latents (sampled from the cached posterior, scaled per channel) or pixels in [-1, 1]."""
-    if "moments" in batch:
-        x0 = normalize_latents(sample_posterior(batch["moments"].float(), generator), *latent_stats)
-    else:
-        x0 = pixels_to_model_space(batch["image"], cfg.model.in_channels)
-    if tuple(x0.shape[-2:]) != (cfg.model.input_size, cfg.model.input_size):
-        raise ValueError(
-            f"data gives {tuple(x0.shape[-2:])} inputs but model.input_size is {cfg.model.input_size}; "
-            "set data.resolution (pixels) or model.input_size (latents) to match"
+def _check_settings(cfg: RunConfig, device: torch.device, world: int) -> None:
+    t = cfg.train
+    if t.batch_size < 1 or t.grad_accum < 1 or t.steps < 1:
+        raise ConfigError("train.batch_size, train.grad_accum and train.steps must be >= 1")
+    if t.batch_size % (world * t.grad_accum):
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum = {world} x {t.grad_accum}"
         )
-    return x0.to(device, non_blocking=True)
+    if t.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {t.mixed_precision!r}")
+    if t.mixed_precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 mixed precision needs a CUDA GPU; use bf16 or no on this device")
+    learning_rate(t, 0)  # validates the schedule
 
 
-def targets_for(batch: dict, aligner: Aligner, encoders: dict, device, encoder_batch: int | None):
-    """Encoder targets, from tokens cached in the batch (``target.<name>``) or by running the encoders."""
-    out = {}
-    images = batch["image"].to(device, non_blocking=True)
-    for name in aligner.names:
-        cached = batch.get(f"target.{name}")
-        if cached is not None:
-            out[name] = aligner.prepare_target(cached.to(device).float(), name)
-            continue
-        enc = encoders[name]
-        chunks = images.split(encoder_batch) if encoder_batch else [images]
-        tokens = torch.cat([enc.encode(c) for c in chunks])
-        out[name] = aligner.prepare_target(tokens, name, tuple(enc.grid))
-    return out
-
-
-def _check_mixed_precision(mode: str, device: torch.device) -> None:
-    if mode not in ("no", "fp16", "bf16"):
-        raise ValueError(f"train.mixed_precision must be no, fp16 or bf16, got {mode!r}")
-    if mode == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 mixed precision needs a CUDA GPU; use bf16 or no on this device")
-
-
-def _resume_checkpoint(cfg: RunConfig, ckpt_dir: Path, resume: bool | str | None) -> Path | None:
+def _resume_checkpoint(ckpt_dir: Path, resume: bool | str | None) -> Path | None:
     existing = latest_checkpoint(ckpt_dir)
     if not resume:
         if existing is not None:
@@ -192,6 +111,22 @@ def _resume_checkpoint(cfg: RunConfig, ckpt_dir: Path, resume: bool | str | None
             raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
         return existing
     return Path(resume)
+
+
+def _check_resumable(ckpt: dict, cfg: RunConfig) -> None:
+    diff = config_diff(with_defaults(ckpt["config"]), to_dict(cfg), RESUME_MUST_MATCH)
+    if diff:
+        lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, (a, b) in diff.items())
+        raise ConfigError(f"cannot resume {ckpt['path']}: the config differs in\n{lines}")
+
+
+def _check_input(x0: torch.Tensor, cfg: RunConfig) -> None:
+    if tuple(x0.shape[-2:]) != (cfg.model.input_size, cfg.model.input_size) or x0.shape[1] != cfg.model.in_channels:
+        raise ConfigError(
+            f"the data gives model inputs of shape {tuple(x0.shape[1:])} but the model expects "
+            f"({cfg.model.in_channels}, {cfg.model.input_size}, {cfg.model.input_size}); set data.resolution "
+            "(pixels) or model.input_size / model.in_channels (latents) to match"
+        )
 
 
 def _grid_labels(cfg: RunConfig) -> torch.Tensor:
@@ -212,64 +147,59 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     from accelerate import Accelerator
 
     t_cfg = cfg.train
-    if t_cfg.batch_size < 1 or t_cfg.grad_accum < 1:
-        raise ValueError("train.batch_size and train.grad_accum must be >= 1")
-    accelerator = Accelerator(mixed_precision=t_cfg.mixed_precision if t_cfg.mixed_precision != "no" else "no")
-    device = accelerator.device
-    _check_mixed_precision(t_cfg.mixed_precision, device)
-    world, rank = accelerator.num_processes, accelerator.process_index
-    per_micro = t_cfg.batch_size // t_cfg.grad_accum
-    if t_cfg.batch_size % (world * t_cfg.grad_accum):
-        raise ValueError(
-            f"train.batch_size={t_cfg.batch_size} must be divisible by processes x grad_accum = "
-            f"{world} x {t_cfg.grad_accum}"
-        )
+    accelerator = Accelerator(mixed_precision=t_cfg.mixed_precision)
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    _check_settings(cfg, device, world)
+    is_main = accelerator.is_main_process
 
+    # ---- resume point
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_path = _resume_checkpoint(cfg, ckpt_dir, resume)
+    ckpt_path = _resume_checkpoint(ckpt_dir, resume)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
-        diff = config_diff(with_defaults(ckpt["config"]), to_dict(cfg), RESUME_MUST_MATCH)
-        if diff:
-            lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, a, b in ((k, *v) for k, v in diff.items()))
-            raise ValueError(f"cannot resume {ckpt['path']}: the config differs in\n{lines}")
+        _check_resumable(ckpt, cfg)
 
+    # ---- data, codec, objective
+    dataset = build_dataset(cfg.data) if dataset is None else dataset
+    ds_classes = getattr(dataset, "num_classes", None)
+    if ds_classes is not None and ds_classes > cfg.model.num_classes:
+        raise ConfigError(f"the dataset has {ds_classes} classes but model.num_classes is {cfg.model.num_classes}")
+    codec = codec_for_dataset(dataset, cfg.model.in_channels).to(device)
+    objective = build_objective(cfg.objective, cfg.model.num_classes)
+    objective.check_sampler(cfg.sample.kind)
+    if t_cfg.sample_every > 0 and is_main:
+        codec.prepare_decoder(device)  # a missing VAE fails now, not at the first sample grid
+
+    # ---- model, alignment head, EMA, optimiser
     torch.manual_seed(t_cfg.seed)
     backbone = build_backbone(cfg)
     enc_dtype = torch.bfloat16 if (t_cfg.mixed_precision == "bf16" and device.type == "cuda") else torch.float32
     aligner, encoders = build_aligner(cfg, backbone, device, enc_dtype)
     module = AlignedModel(backbone, aligner, cfg.align.depth).to(device)
-    ema = EMA(backbone, t_cfg.ema_decay, t_cfg.ema_warmup).to(device)
-    optimizer = torch.optim.AdamW(
-        module.parameters(), lr=t_cfg.lr, betas=tuple(t_cfg.betas), weight_decay=t_cfg.weight_decay, eps=t_cfg.adam_eps
-    )
-
-    dataset = build_dataset(cfg.data) if dataset is None else dataset
-    ds_classes = getattr(dataset, "num_classes", None)
-    if ds_classes is not None and ds_classes > cfg.model.num_classes:
-        raise ValueError(f"dataset has {ds_classes} classes but model.num_classes is {cfg.model.num_classes}")
-    latent_stats = getattr(dataset, "latent_stats", None)
-    vae_name = getattr(dataset, "vae", None) or cfg.data.vae
-    if latent_stats is not None:
-        latent_stats = tuple(torch.as_tensor(s, dtype=torch.float32) for s in latent_stats)
+    emas = [EMA(backbone, d, t_cfg.ema_warmup).to(device) for d in [t_cfg.ema_decay, *t_cfg.extra_ema_decays]]
+    optimizer = build_optimizer(t_cfg, module, device)
 
     step = 0
     if ckpt is not None:
-        module.backbone.load_state_dict(ckpt["model"])
+        backbone.load_state_dict(ckpt["model"])
         if aligner is not None:
             aligner.load_state_dict(ckpt["aligner"])
-        ema.shadow.load_state_dict(ckpt["ema"])
+        emas[0].shadow.load_state_dict(ckpt["ema"])
+        for ema, state in zip(emas[1:], ckpt.get("extra_ema") or []):
+            ema.shadow.load_state_dict(state)
         optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
         log.info("resumed from %s at step %d", ckpt["path"], step)
+        del ckpt  # the weights now live in the modules; do not hold a second copy for the whole run
 
-    train_module = torch.compile(module) if t_cfg.compile else module
-    train_module, optimizer = accelerator.prepare(train_module, optimizer)
+    if t_cfg.compile:  # regional: each block compiled in place, so DDP still overlaps its all-reduce
+        for block in backbone.blocks:
+            block.compile()
+    net, optimizer = accelerator.prepare(module, optimizer)
     loader = make_loader(
         dataset,
-        batch_size=per_micro,
+        batch_size=t_cfg.batch_size // t_cfg.grad_accum,
         seed=t_cfg.seed,
         start_step=step * t_cfg.grad_accum,
         rank=rank,
@@ -278,9 +208,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
         pin_memory=cfg.data.pin_memory and device.type == "cuda",
     )
     batches = iter(loader)
-    interpolant = get_interpolant(cfg.diffusion.path)
 
-    is_main = accelerator.is_main_process
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -291,17 +219,15 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
         path = ckpt_dir / f"step_{step:07d}.pt"
         if is_main:
             state = {
-                "model": accelerator.unwrap_model(train_module).backbone.state_dict()
-                if not t_cfg.compile
-                else module.backbone.state_dict(),
+                "model": backbone.state_dict(),
                 "aligner": aligner.state_dict() if aligner is not None else None,
-                "ema": ema.shadow.state_dict(),
+                "ema": emas[0].shadow.state_dict(),
+                "extra_ema": [e.shadow.state_dict() for e in emas[1:]],
                 "optimizer": optimizer.state_dict(),
                 "step": step,
                 "config": to_dict(cfg),
+                "codec": codec.checkpoint_state(),
                 "rng": rng_state(),
-                "latent_stats": latent_stats,
-                "vae": vae_name if latent_stats is not None else None,
             }
             atomic_torch_save(state, path)
             prune_checkpoints(ckpt_dir, t_cfg.keep_checkpoints)
@@ -309,99 +235,81 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
         return path
 
     def save_grid() -> None:
-        if not is_main:
-            return
-        decoder = None
-        if latent_stats is not None:
-            from irepa.data.vae import load_vae
+        if is_main:
+            labels = _grid_labels(cfg)
+            gen = Generator(emas[0].shadow, objective, codec, cfg.model.input_size)
+            images = gen.generate(labels, list(range(len(labels))), cfg.sample)
+            save_png(make_grid(images, nrow=t_cfg.grid_per_class), run_dir / "samples" / f"step_{step:07d}.png")
 
-            decoder = LatentDecoder(load_vae(vae_name, device=device), *latent_stats)
-        gen = Generator(
-            ema.shadow,
-            (cfg.model.in_channels, cfg.model.input_size, cfg.model.input_size),
-            cfg.model.num_classes,
-            decoder,
-        )
-        labels = _grid_labels(cfg)
-        images = gen.generate(labels, list(range(len(labels))), cfg.sample)
-        save_png(make_grid(images, nrow=t_cfg.grid_per_class), run_dir / "samples" / f"step_{step:07d}.png")
-
-    end_step = t_cfg.steps if stop_after is None else min(t_cfg.steps, step + stop_after)
+    step_log = StepLog()
     losses: list[float] = []
+
+    def read_log(where: str) -> None:
+        """Bring the window's scalars to the host; stop if anything diverged; write the log row."""
+        nonlocal tic
+        steps, rows = step_log.flush()
+        if not rows:
+            return
+        if t_cfg.mixed_precision != "fp16":  # under fp16 the loss scaler skips overflowing steps itself
+            check_finite(steps, rows, where)
+        losses.extend(r["loss"] for r in rows)
+        elapsed = time.perf_counter() - tic
+        scalars = {k: float(np.nanmean([r.get(k, np.nan) for r in rows])) for k in rows[-1] if k != "lr"}
+        scalars.update(lr=rows[-1]["lr"], steps_per_s=len(rows) / max(elapsed, 1e-9))
+        logger.log(steps[-1], scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+        tic = time.perf_counter()
+
+    # ---- the loop
+    end_step = t_cfg.steps if stop_after is None else min(t_cfg.steps, step + stop_after)
+    encoder_batch = cfg.align.encoder_batch_size
     last_ckpt = None
     bar = tqdm(total=t_cfg.steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
-    tic, window = time.perf_counter(), []
+    tic = time.perf_counter()
     while step < end_step:
+        lr = learning_rate(t_cfg, step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
-        sums = {"loss": 0.0, "loss_diffusion": 0.0, "loss_align": 0.0}
-        parts_sum: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         for micro in range(t_cfg.grad_accum):
             batch = next(batches)
-            gen = step_generator(t_cfg.seed, step * t_cfg.grad_accum + micro, rank)
-            x0 = to_model_space(batch, cfg, latent_stats, gen, device)
-            labels = batch["label"].to(device)
-            flow = make_flow_batch(
-                x0,
-                labels,
-                interpolant,
-                cfg.model.num_classes,
-                cfg.diffusion.label_dropout,
-                cfg.diffusion.time_sampling,
-                cfg.diffusion.p_mean,
-                cfg.diffusion.p_std,
-                gen,
-            )
-            targets = targets_for(batch, aligner, encoders, device, cfg.align.encoder_batch_size) if aligner else None
-            sync = micro == t_cfg.grad_accum - 1
-            ctx = accelerator.no_sync(train_module) if not sync and world > 1 else contextlib.nullcontext()
-            with ctx, accelerator.autocast():
-                v, aligned = train_module(flow.xt, flow.t, flow.labels, targets)
-                loss_diff = velocity_loss(v, flow.target)
-                loss = loss_diff + (aligned.loss if isinstance(aligned, AlignOutput) else 0.0)
-            bad = torch.tensor([0.0 if torch.isfinite(loss.detach()) else 1.0], device=device)
-            if world > 1:
-                bad = accelerator.reduce(bad, "sum")
-            if bad.item() > 0:
-                raise TrainingDiverged(
-                    f"non-finite loss at step {step + 1} (diffusion={loss_diff.item():.4g}); the run stopped and "
-                    f"the last good checkpoint ({latest_checkpoint(ckpt_dir)}) is untouched"
-                )
-            accelerator.backward(loss / t_cfg.grad_accum)
-            sums["loss"] += loss.item() / t_cfg.grad_accum
-            sums["loss_diffusion"] += loss_diff.item() / t_cfg.grad_accum
-            if isinstance(aligned, AlignOutput):
-                sums["loss_align"] += aligned.loss.item() / t_cfg.grad_accum
-                for n, p in aligned.parts.items():
-                    parts_sum[f"align/{n}"] = parts_sum.get(f"align/{n}", 0.0) + p.item() / t_cfg.grad_accum
-        grad_norm = accelerator.clip_grad_norm_(
-            train_module.parameters(), t_cfg.grad_clip if t_cfg.grad_clip > 0 else float("inf")
-        )
-        grad_norm = float(grad_norm)
-        if not math.isfinite(grad_norm):
-            raise TrainingDiverged(
-                f"non-finite gradient norm at step {step + 1}; the last good checkpoint "
-                f"({latest_checkpoint(ckpt_dir)}) is untouched"
-            )
+            gen = step_generator(t_cfg.seed, step * t_cfg.grad_accum + micro, rank, device)
+            x0 = codec.encode(batch, gen, device)
+            if step == 0 and micro == 0:
+                _check_input(x0, cfg)
+            labels = batch["label"].to(device, non_blocking=True)
+            targets = encoder_targets(batch, aligner, encoders, device, encoder_batch) if aligner else None
+            last_micro = micro == t_cfg.grad_accum - 1
+            sync = accelerator.no_sync(net) if world > 1 and not last_micro else contextlib.nullcontext()
+            with sync, accelerator.autocast():
+                parts = objective.loss(net, x0, labels, gen, targets)
+            accelerator.backward(parts["loss"] / t_cfg.grad_accum)
+            for k, v in parts.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().double() / t_cfg.grad_accum  # as exact as a host sum
+        max_norm = t_cfg.grad_clip if t_cfg.grad_clip > 0 else float("inf")
+        grad_norm = accelerator.clip_grad_norm_(net.parameters(), max_norm)
         optimizer.step()
+        if t_cfg.mixed_precision == "fp16":  # the scaler skipped the step on overflow: fine, unless it never ends
+            step_log.skipped = step_log.skipped + 1 if accelerator.optimizer_step_was_skipped else 0
+            if step_log.skipped >= t_cfg.max_skipped_steps:
+                raise TrainingDiverged(
+                    f"the fp16 loss scaler skipped {step_log.skipped} steps in a row up to step {step + 1}; the last "
+                    f"good checkpoint ({latest_checkpoint(ckpt_dir)}) is untouched. Fix: use bf16 or lower train.lr"
+                )
         step += 1
-        ema.update(accelerator.unwrap_model(train_module).backbone if not t_cfg.compile else module.backbone, step)
-        losses.append(sums["loss"])
-        window.append(sums)
+        for ema in emas:
+            ema.update(backbone, step)
+        step_log.add(step, lr, {**totals, "grad_norm": grad_norm.detach().double().reshape(())})
         bar.update(1)
-        bar.set_postfix(loss=f"{sums['loss']:.4f}", align=f"{sums['loss_align']:.3f}")
 
-        if step % t_cfg.log_every == 0 or step == end_step:
-            elapsed = time.perf_counter() - tic
-            scalars = {k: float(np.mean([w[k] for w in window])) for k in sums}
-            scalars.update(parts_sum)
-            scalars.update(
-                grad_norm=grad_norm, lr=optimizer.param_groups[0]["lr"], steps_per_s=len(window) / max(elapsed, 1e-9)
-            )
-            logger.log(step, scalars)
-            tic, window = time.perf_counter(), []
-        if t_cfg.sample_every > 0 and (step % t_cfg.sample_every == 0 or step == t_cfg.steps):
+        at_ckpt = step % t_cfg.ckpt_every == 0 or step == end_step
+        at_grid = t_cfg.sample_every > 0 and (step % t_cfg.sample_every == 0 or step == t_cfg.steps)
+        if step % t_cfg.log_every == 0 or at_ckpt or at_grid:
+            read_log(f"the last good checkpoint ({latest_checkpoint(ckpt_dir)})")
+        if at_grid:
             save_grid()
-        if step % t_cfg.ckpt_every == 0 or step == end_step:
+        if at_ckpt:
             last_ckpt = save_checkpoint()
     bar.close()
     logger.close()

@@ -1,0 +1,89 @@
+"""A frozen VAE: latents sampled from cached posterior moments, scaled per channel; decoded by the VAE.
+
+``irepa prepare-latents`` stores each image's posterior ``(mean, logvar)`` once (:func:`encode_moments`);
+training draws ``z = mean + exp(logvar / 2) * eps`` every step and feeds ``(z - mu_c) / sigma_c`` to the
+model, with the per-channel statistics of the cache. Sampling undoes the scaling and decodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .base import Codec, unit_images
+
+
+def sample_posterior(moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``z = mean + exp(logvar / 2) * eps`` from ``(B, 2C, r, r)`` moments."""
+    mean, logvar = moments.chunk(2, dim=1)
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * noise
+
+
+def normalize_latents(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(z - mean) / std`` per channel (dim 1)."""
+    shape = (1, -1) + (1,) * (z.ndim - 2)
+    return (z - mean.to(z).view(shape)) / std.to(z).view(shape)
+
+
+def denormalize_latents(z: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`normalize_latents`: ``z * std + mean``."""
+    shape = (1, -1) + (1,) * (z.ndim - 2)
+    return z * std.to(z).view(shape) + mean.to(z).view(shape)
+
+
+@torch.no_grad()
+def encode_moments(vae: torch.nn.Module, images01: torch.Tensor) -> torch.Tensor:
+    """Posterior ``(mean, logvar)`` of ``[0, 1]`` images under ``vae``, concatenated on channels: ``(B, 2C, r, r)``."""
+    param = next(vae.parameters())
+    x = unit_images(images01, param.device).to(param.dtype) * 2.0 - 1.0
+    posterior = vae.encode(x).latent_dist
+    return torch.cat([posterior.mean, posterior.logvar], dim=1).float()
+
+
+class CachedLatentCodec(Codec):
+    """Latents of a frozen ``AutoencoderKL`` (named by hub id or folder), read from cached moments."""
+
+    kind = "latent"
+
+    def __init__(self, vae: str, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
+                 factor: int = 8, decode_batch: int = 16):
+        super().__init__()
+        self.vae_name = vae
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).flatten(), persistent=False)
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).flatten(), persistent=False)
+        self.channels = int(self.mean.numel())
+        self.factor = int(factor)
+        self.decode_batch = decode_batch
+        self._vae: torch.nn.Module | None = None
+
+    def encode(self, batch, generator=None, device=None):
+        moments = batch["moments"]
+        if generator is not None and generator.device.type != "cpu" and device is not None:
+            moments = moments.to(device, non_blocking=True)  # sample where the generator lives
+        z = normalize_latents(sample_posterior(moments.float(), generator), self.mean, self.std)
+        return z.to(device, non_blocking=True) if device is not None else z
+
+    def prepare_decoder(self, device="cpu"):
+        if self._vae is None:
+            from irepa.data.vae import load_vae, vae_downsample
+
+            self._vae = load_vae(self.vae_name, device=device)
+            self.factor = vae_downsample(self._vae)
+        return self
+
+    @torch.no_grad()
+    def decode(self, x):
+        self.prepare_decoder(x.device)
+        param = next(self._vae.parameters())
+        z = denormalize_latents(x.float(), self.mean, self.std)
+        out = [self._vae.decode(c.to(param.device, param.dtype)).sample.float() for c in z.split(self.decode_batch)]
+        return torch.cat(out)
+
+    def checkpoint_state(self):
+        return {"kind": self.kind, "vae": self.vae_name, "mean": self.mean.tolist(), "std": self.std.tolist(),
+                "factor": self.factor}
+
+    def describe(self) -> str:
+        return f"frozen VAE {self.vae_name} (cached posterior moments, {self.channels} channels, f{self.factor})"

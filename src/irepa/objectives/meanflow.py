@@ -1,0 +1,121 @@
+"""MeanFlow: a network for the *average* velocity, trained through the MeanFlow identity (Geng et al., 2025).
+
+With ``z_t = (1 - t) x + t eps`` and ``v = eps - x``, the average velocity over ``[r, t]`` is
+``u(z_t, r, t) = 1/(t - r) * integral_r^t v(z_s, s) ds``; one step from noise is ``x = z_1 - u(z_1, 0, 1)``.
+It satisfies ``u = v - (t - r) * du/dt`` with the total derivative along the path
+``du/dt = v . d_z u + d_t u``. The training target is therefore
+
+    u_tgt = v - (t - r) * JVP,    (u, JVP) = jvp(u_theta, (z, r, t), (v, 0, 1)),
+
+held fixed (stop-gradient), and the loss is the adaptively weighted squared error
+``mean_b w_b ||u_theta - u_tgt||^2`` with ``w = 1 / (||.||^2 + c)^p`` (also held fixed).
+
+The JVP runs under ``no_grad`` as a separate pass: the gradient pass is then an ordinary forward
+and backward that DDP, ``torch.compile`` and fused attention kernels handle as for SiT, and the
+forward-mode pass uses the math attention kernel, the one with a forward-mode derivative everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from irepa.errors import ConfigError
+
+from .base import Draw, Objective, ObjectiveConfig
+
+
+def _bcast(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return c.view(-1, *([1] * (like.ndim - 1))).to(like.dtype)
+
+
+class MeanFlow(Objective):
+    kind = "meanflow"
+    extra_samplers = ("meanflow",)
+
+    def __init__(self, cfg: ObjectiveConfig, num_classes: int):
+        super().__init__(cfg, num_classes)
+        if cfg.path != "linear" or cfg.prediction != "velocity":
+            raise ConfigError("MeanFlow is defined on the linear path with velocity prediction; "
+                              "set objective.path linear and objective.prediction velocity")
+        m = cfg.meanflow
+        if not 0.0 <= m.ratio <= 1.0:
+            raise ConfigError(f"objective.meanflow.ratio must be in [0, 1], got {m.ratio}")
+        if m.adaptive_p < 0 or m.adaptive_c <= 0:
+            raise ConfigError("objective.meanflow.adaptive_p must be >= 0 and adaptive_c > 0")
+        if not 0.0 <= m.cfg_t_low <= m.cfg_t_high <= 1.0:
+            raise ConfigError("objective.meanflow needs 0 <= cfg_t_low <= cfg_t_high <= 1")
+
+    # ------------------------------------------------------------------ training
+
+    def draw(self, x0, labels, generator) -> Draw:
+        """(t, r): two draws of the time sampler sorted so that t >= r, then r = t for a ``1 - ratio`` share."""
+        base = super().draw(x0, labels, generator)
+        a = base.t
+        b = self.sample_t(x0.shape[0], generator).to(x0.device)
+        t, r = torch.maximum(a, b), torch.minimum(a, b)
+        device = generator.device if generator is not None else x0.device
+        keep = (torch.rand(x0.shape[0], generator=generator, device=device) < self.cfg.meanflow.ratio).to(x0.device)
+        return Draw(t=t, r=torch.where(keep, r, t), noise=base.noise, labels=base.labels)
+
+    def mean_flow_target(
+        self, model, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        """``v - (t - r) * d/dt u(z, r, t)`` with the tangent ``(v, 0, 1)``, stop-gradient.
+
+        ``model(z, t, labels, r=r)`` must return the average velocity (a network call without the
+        alignment head).
+        """
+
+        def u(z_, r_, t_):
+            return model(z_, t_, labels, r=r_)
+
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            _, dudt = torch.func.jvp(u, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
+        return (v - _bcast((t - r).clamp(0.0, 1.0), v) * dudt).detach()
+
+    @torch.no_grad()
+    def guided_velocity(self, model, z, t, v, labels) -> torch.Tensor:
+        """Training-time guidance: ``w v + k u(z,t,t|c) + (1 - w - k) u(z,t,t|null)`` where it applies.
+
+        It applies to samples that kept their class and whose t is inside ``[cfg_t_low, cfg_t_high]``;
+        the others keep the plain ``v``. With ``w = 1, k = 0`` nothing is evaluated.
+        """
+        m = self.cfg.meanflow
+        if m.cfg_omega == 1.0 and m.cfg_kappa == 0.0:
+            return v
+        null = torch.full_like(labels, self.num_classes)
+        both = model(torch.cat([z, z]), torch.cat([t, t]), torch.cat([labels, null]), r=torch.cat([t, t]))
+        u_cond, u_null = both.float().chunk(2)
+        guided = m.cfg_omega * v.float() + m.cfg_kappa * u_cond + (1 - m.cfg_omega - m.cfg_kappa) * u_null
+        applies = (labels != self.num_classes) & (t >= m.cfg_t_low) & (t <= m.cfg_t_high)
+        return torch.where(_bcast(applies, v).bool(), guided.to(v.dtype), v)
+
+    def loss(self, net, x0, labels, generator=None, targets=None, draw: Draw | None = None):
+        d = draw if draw is not None else self.draw(x0, labels, generator)
+        z = self.path.sample_xt(x0, d.noise, d.t)
+        plain = _plain_call(net)
+        v = self.guided_velocity(plain, z, d.t, self.path.velocity(x0, d.noise, d.t), d.labels)
+        u_target = self.mean_flow_target(plain, z, d.r, d.t, v, d.labels)
+        pred, aux = net(z, d.t, d.labels, targets, r=d.r)
+        err = (pred.float() - u_target.float()).pow(2).flatten(1).sum(dim=1)
+        m = self.cfg.meanflow
+        weight = 1.0 / (err.detach() + m.adaptive_c).pow(m.adaptive_p) if m.adaptive_p > 0 else 1.0
+        return self.total((weight * err).mean(), aux)
+
+    # ------------------------------------------------------------------ sampling
+
+    def velocity(self, model, x, t, labels):
+        return model(x, t, labels, r=t)  # u(z, t, t) is the instantaneous velocity
+
+    def average_velocity(self, model, x, r, t, labels):
+        return model(x, t, labels, r=r)
+
+
+def _plain_call(net):
+    """``net`` as a function of ``(x, t, y, r=)`` returning the prediction only (no alignment targets)."""
+
+    def call(x, t, y, r=None):
+        return net(x, t, y, None, r=r)[0]
+
+    return call
