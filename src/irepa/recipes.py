@@ -106,12 +106,12 @@ def family_preset(name: str) -> dict[str, Any]:
     return dict(FAMILIES[name].preset)
 
 
-def split_recipe_name(name: str) -> tuple[str, str]:
-    """``jit-irepa`` -> ("jit", "irepa"); ``irepa`` -> ("sit", "irepa"); ``meanflow`` -> ("meanflow", "vanilla")."""
+def split_recipe_name(name: str) -> tuple[str, str | None]:
+    """``jit-irepa`` -> (jit, irepa); ``irepa`` -> (sit, irepa); ``jit`` -> (jit, None): alignment as configured."""
     if name in ALIGNMENTS:
         return "sit", name
     if name in FAMILIES:
-        return name, "vanilla"
+        return name, None
     family, _, alignment = name.rpartition("-")
     if family in FAMILIES and alignment in ALIGNMENTS:
         return family, alignment
@@ -123,13 +123,15 @@ def recipe_overrides(spec: str, common: dict[str, Any] | None = None) -> dict[st
     """Dotted overrides for a recipe spec such as ``jit-irepa+align.depth=3``.
 
     The result sets ``recipe`` (so the family preset applies under everything else), the
-    alignment's settings, then ``common`` (changes for every recipe), then the spec's own changes.
+    alignment's settings (none for a bare family name: the config's own alignment stays), then
+    ``common`` (changes for every recipe), then the spec's own changes.
     """
     from irepa.config import _parse_scalar
 
     name, *changes = spec.split("+")
     family, alignment = split_recipe_name(name)
-    out: dict[str, Any] = {"recipe": family, **FAMILIES[family].alignment[alignment], **(common or {})}
+    aligned = FAMILIES[family].alignment[alignment] if alignment else {}
+    out: dict[str, Any] = {"recipe": family, **aligned, **(common or {})}
     for change in changes:
         key, sep, value = change.partition("=")
         if not sep or "." not in key:

@@ -31,7 +31,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--recipes",
         default="vanilla,repa,irepa",
-        help="comma-separated; a recipe may carry changes, e.g. irepa+align.depth=3+align.coeff=0.5",
+        help="comma-separated recipes: vanilla / repa / irepa (SiT) or family-alignment such as jit-irepa, "
+        "meanflow-irepa; a recipe may carry changes, e.g. irepa+align.depth=3 or meanflow-irepa+sample.steps=4",
     )
     c.add_argument("--encoder", default=None, help="alignment encoder(s) (default dinov2-vit-s)")
     c.add_argument("--steps", type=int, default=400)

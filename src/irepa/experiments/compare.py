@@ -2,7 +2,10 @@
 
 Each recipe trains in chunks of ``eval_every`` steps (resuming its own checkpoint), and after each
 chunk the EMA model draws the same class-balanced samples (same seeds) for FID. Rows already in
-``fid.csv`` are skipped, so an interrupted comparison continues where it stopped.
+``fid.csv`` are skipped, so an interrupted comparison continues where it stopped. Recipes of different
+families (``sit-irepa``, ``jit-irepa``, ``meanflow-irepa``) share the data, encoder and budget; specs
+that differ only in sampler changes (``meanflow-irepa+sample.steps=1`` and ``...=16``) share one
+training run and differ in how it is sampled.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def run_compare(
         overrides = {**recipe_overrides(name, extra), "train.steps": steps, "train.ckpt_every": eval_every}
         if encoder:
             overrides["align.encoders"] = encoder
-        cfg = small_scale_config(out / name, overrides)
+        cfg = small_scale_config(out / training_name(name), overrides)
         dataset = token_dataset(cfg, out / "cache")
         for stop in range(eval_every, steps + 1, eval_every):
             if (name, stop) in done:
@@ -88,6 +91,13 @@ def run_compare(
     (out / "table.md").write_text(markdown_table(rows, recipes))
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return rows
+
+
+def training_name(spec: str) -> str:
+    """The run folder of a recipe spec: specs that differ only in ``+sample.*`` changes share one training run."""
+    name, *changes = spec.split("+")
+    kept = [c for c in changes if not c.startswith("sample.")]
+    return "+".join([name, *kept])
 
 
 def markdown_table(rows: list[dict], recipes: list[str]) -> str:
