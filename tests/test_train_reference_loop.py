@@ -111,9 +111,9 @@ def reference_losses(cfg) -> list[float]:
             b = x0.shape[0]
             if d.time_sampling == "uniform":
                 t = torch.rand(b, generator=gen)
-            else:
+            else:  # log-normal noise-to-signal ratio sigma, mapped to the t with s_t / a_t = sigma
                 sigma = (torch.randn(b, generator=gen) * d.p_std + d.p_mean).exp()
-                t = sigma / (1 + sigma)
+                t = sigma / (1 + sigma) if d.path == "linear" else torch.atan(sigma) * (2 / math.pi)
             noise = torch.randn(x0.shape, generator=gen)
             drop = torch.rand(b, generator=gen) < d.label_dropout
             labels = torch.where(drop, torch.full_like(batch["label"], cfg.model.num_classes), batch["label"])

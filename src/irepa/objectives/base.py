@@ -48,8 +48,8 @@ class ObjectiveConfig:
     path: str = "linear"  # linear | cosine
     prediction: str = "velocity"  # velocity (SiT) | x (JiT: the clean image, trained with the v-loss)
     time_sampling: str = "uniform"  # uniform | lognormal (sigma = exp(N(p_mean, p_std)), mapped to t by the path)
-    p_mean: float = -1.2
-    p_std: float = 1.2
+    p_mean: float = 0.0  # log-normal: n ~ N(p_mean, p_std), the SiT reference's N(0, 1)
+    p_std: float = 1.0
     label_dropout: float = 0.1  # probability of the null class, for classifier-free guidance
     noise_scale: float = 1.0  # eps ~ N(0, noise_scale^2), in training and as the sampling prior
     t_eps: float = 0.05  # x-prediction: v = (x_t - x) / max(t, t_eps)
