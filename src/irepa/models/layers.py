@@ -9,6 +9,20 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def xavier_linear_init(module: nn.Module) -> nn.Module:
+    """DiT / SiT's base initialisation: xavier-uniform weights and zero biases for every ``nn.Linear``.
+
+    The reference applies it to the whole model tree, REPA's projectors included; other layer
+    types keep their own defaults.
+    """
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+    return module
+
+
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 

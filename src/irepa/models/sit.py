@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .layers import Attention, Mlp, TimestepEmbedder, modulate, sincos_pos_embed_2d
+from .layers import Attention, Mlp, TimestepEmbedder, modulate, sincos_pos_embed_2d, xavier_linear_init
 
 
 @dataclass
@@ -85,14 +85,7 @@ class SiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """DiT's initialisation: Xavier linears, zeroed adaLN and output layers (identity blocks)."""
-
-        def init_linear(m: nn.Module) -> None:
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-
-        self.apply(init_linear)
+        xavier_linear_init(self)
         w = self.x_embedder.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
         nn.init.zeros_(self.x_embedder.bias)
