@@ -64,6 +64,13 @@ class AlignSection:
     # Pixels fed to every encoder. None: the model's token grid times the encoder's patch size, so
     # the encoder's tokens match the grid exactly; otherwise its tokens are resampled to the grid.
     encoder_resolution: int | None = None
+    # How images reach the encoder's input size: "reference" as the paper's code (bicubic / bilinear
+    # without antialias; DINOv3 antialiased), or "antialias" (low-pass when shrinking, like PIL).
+    encoder_resize: str = "reference"
+    # Position embeddings resampled to the encoder grid: "reference" as the paper's code (timm's bicubic
+    # with antialias; bilinear for PE), or "upstream" as the encoder's release (DINOv2 without antialias,
+    # MoCo v3 sin-cos regenerated).
+    encoder_pos_embed: str = "reference"
 
 
 @dataclass

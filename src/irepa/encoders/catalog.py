@@ -53,7 +53,7 @@ _DINOV2 = dict(converter="dinov2", pos_upstream=PosResample(antialias=False))
 # Perception Encoder, as Meta's code that the paper vendors: bilinear position resampling, images
 # resized bilinearly, RoPE on integer grid positions (timm's port rescales them to the pretraining grid).
 _PE = dict(mean=HALF, std=HALF, interpolation="bilinear", final_norm=False,
-           pos_reference=PosResample(interpolation="bilinear", antialias=False), arch_kwargs={"ref_feat_shape": None})
+           pos_reference=PosResample(interpolation="bilinear", antialias=False, rope_rescale=False))
 _DINOV3 = dict(interpolation="bilinear", resize_antialias=True)  # torchvision Resize((r, r), antialias=True)
 _SIGLIP = dict(mean=HALF, std=HALF)
 

@@ -31,11 +31,14 @@ class PosResample:
     The default is what REPA and iREPA call for every ViT they load:
     ``timm.layers.resample_abs_pos_embed(pos, new_size)``, i.e. bicubic with antialias.
     ``sincos=True`` regenerates a fixed sin-cos embedding for the grid instead (MoCo v3's own code).
+    ``rope_rescale=False`` puts 2-D RoPE on integer grid positions (Meta's Perception Encoder code)
+    instead of timm's EVA-style rescaling of the positions to the pretraining grid.
     """
 
     interpolation: str = "bicubic"
     antialias: bool = True
     sincos: bool = False
+    rope_rescale: bool = True
 
 
 REPA_POS = PosResample()  # the reference code's rule (timm's defaults)

@@ -153,6 +153,19 @@ class TimmEncoder(SpecEncoder):
         return self.finish(tokens, (h, w))
 
 
+def _rope_on_integer_positions(model: nn.Module) -> None:
+    """Drop timm's rescaling of RoPE positions to the pretraining grid (``ref_feat_shape``).
+
+    With ``dynamic_img_size`` the rotary tables are rebuilt from this attribute on every call.
+    """
+    rope = getattr(model, "rope", None)
+    if rope is None or not hasattr(rope, "ref_feat_shape"):
+        raise ValueError(f"{type(model).__name__} has no timm RoPE module whose positions could be set")
+    if getattr(rope, "feat_shape", None) is not None:  # pragma: no cover - tables cached at build time
+        raise ValueError("RoPE tables are cached for a fixed grid; build the model with dynamic_img_size=True")
+    rope.ref_feat_shape = None
+
+
 def create(spec: EncoderSpec, resolution: tuple[int, int], output_grid: tuple[int, int] | None,
            weights: str | None, meta: bool = False, pos: PosResample = REPA_POS) -> TimmEncoder:
     """Build the encoder; ``weights`` is ``None`` (cache / hub), ``"random"`` or a file path; ``pos``: see
@@ -170,6 +183,8 @@ def create(spec: EncoderSpec, resolution: tuple[int, int], output_grid: tuple[in
             with init_empty_weights(include_buffers=False):
                 model = build_model(spec, resolution)
             load_weights(model, spec, path, assign=True, pos=pos)
+    if not pos.rope_rescale:
+        _rope_on_integer_positions(model)
     if not meta and spec.source == "timm" and not _is_feature_map(spec.arch):
         grid = tuple(model.patch_embed.grid_size)
         want = (resolution[0] // spec.patch_size, resolution[1] // spec.patch_size)
