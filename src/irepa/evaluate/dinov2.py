@@ -30,8 +30,8 @@ class DinoV2Extractor(FeatureExtractor):
         dinos = [n for n in list_encoders() if n.startswith("dinov2")]
         if encoder not in dinos:
             raise ValueError(f"unknown DINOv2 encoder {encoder!r}; valid: {', '.join(dinos)}")
-        # FD-DINOv2 (dgm-eval) feeds DINOv2 PIL-resized (antialiased) images and lets the released model
-        # resize its own positions, so this feature extractor does not follow the REPA encoder rules.
+        # An evaluation feature, not an alignment target: it keeps the antialiased resize and DINOv2's own
+        # position resampling it has always used, so FD-DINOv2 values stay comparable across versions.
         self.encoder = load_encoder(encoder, weights=None if weights is None else str(weights), device=device,
                                     resolution=resolution,  # None: the encoder's native 224 px
                                     resize="antialias", pos_embed="upstream")
