@@ -74,7 +74,8 @@ def _info(args: argparse.Namespace) -> int:
         f"{h // spec.patch_size}x{w // spec.patch_size} grid",
         f"prefix tokens  {spec.num_prefix_tokens} (stripped)",
         f"final norm     {'applied' if spec.final_norm else 'not applied'}",
-        f"preprocess     {spec.interpolation} resize, mean {spec.mean}, std {spec.std}",
+        f"preprocess     {spec.interpolation} resize ({'' if spec.resize_antialias else 'no '}antialias, as the "
+        f"paper's code), mean {spec.mean}, std {spec.std}",
     ]
     if spec.needs_weights and spec.source != "custom":
         found = find_local(spec)
