@@ -40,6 +40,10 @@ class PosResample:
     sincos: bool = False
     rope_rescale: bool = True
 
+    def __post_init__(self) -> None:
+        if self.interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"position embeddings are resampled bicubic or bilinear, not {self.interpolation!r}")
+
 
 REPA_POS = PosResample()  # the reference code's rule (timm's defaults)
 
