@@ -102,3 +102,47 @@ def test_aligner_gradient_reaches_hidden_state():
     target = al.prepare_target(torch.randn(2, 9, 4), "a")
     al(hidden, {"a": target}).loss.backward()
     assert hidden.grad is not None and math.isfinite(hidden.grad.norm().item()) and hidden.grad.abs().sum() > 0
+
+
+def test_aligner_defaults_are_irepa_on_latent_sit():
+    """3x3 conv projector, z-score with alpha 0.6 and eps 1e-6 (method.md sections 2-3)."""
+    al = Aligner(8, {"a": 5}, grid=(4, 4))
+    assert tuple(al.projectors["a"].conv.weight.shape) == (5, 8, 3, 3)
+    tokens = torch.randn(2, 16, 5, dtype=torch.float64)
+    y = tokens.numpy()
+    want = (y - 0.6 * y.mean(axis=1, keepdims=True)) / (y.std(axis=1, ddof=1, keepdims=True) + 1e-6)
+    np.testing.assert_allclose(al.prepare_target(tokens, "a").numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+def _uniform_stats(w: torch.Tensor) -> tuple[float, float]:
+    return w.abs().max().item(), w.double().var().item()
+
+
+@pytest.mark.parametrize("kind", ["mlp", "linear"])
+def test_token_wise_projectors_start_xavier_uniform_with_zero_biases(kind):
+    """As the reference SiT's initialiser: U(-b, b) with b = sqrt(6 / (fan_in + fan_out)), biases 0."""
+    torch.manual_seed(0)
+    proj = build_projector(kind, 384, 768, hidden_dim=512)
+    linears = [m for m in proj.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == (3 if kind == "mlp" else 1)
+    for lin in linears:
+        fan_out, fan_in = lin.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        top, var = _uniform_stats(lin.weight)
+        assert 0.99 * bound < top <= bound
+        # >= 196K draws: the sample variance of a uniform is within ~0.2% (1 sigma) of b^2 / 3;
+        # PyTorch's default (kaiming, a = sqrt 5) would give about 0.4-0.8 of it.
+        assert var == pytest.approx(2 / (fan_in + fan_out), rel=0.02)
+        assert torch.count_nonzero(lin.bias) == 0
+
+
+def test_conv_projector_keeps_pytorch_default_init_as_the_reference():
+    """The reference initialiser skips ``nn.Conv2d``: kaiming-uniform (a = sqrt 5), i.e. U(+-1/sqrt(fan_in))."""
+    torch.manual_seed(0)
+    conv = build_projector("conv", 64, 96, kernel_size=3).conv
+    fan_in = 64 * 9
+    bound = 1 / math.sqrt(fan_in)
+    top, var = _uniform_stats(conv.weight)
+    assert 0.99 * bound < top <= bound
+    assert var == pytest.approx(bound**2 / 3, rel=0.03)  # 55K draws
+    assert conv.bias.abs().max() <= bound and torch.count_nonzero(conv.bias) == 96

@@ -258,7 +258,8 @@ def test_weight_free_encoders_refuse_a_weights_file():
 
 
 def test_transformers_dinov2_checkpoint_loads_into_timm_dinov2_s(tmp_path):
-    """A transformers ``Dinov2Model`` release (37x37 positions) gives the same tokens through our timm model."""
+    """A transformers ``Dinov2Model`` release (37x37 positions) gives the same tokens through our timm model,
+    with positions resampled as transformers does (``pos_embed="upstream"``)."""
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)  # DINOv2-S, 3 blocks deep to keep the test fast
@@ -267,7 +268,8 @@ def test_transformers_dinov2_checkpoint_loads_into_timm_dinov2_s(tmp_path):
     hf.save_pretrained(tmp_path / "repo")
     register_encoder(replace(get_spec("dinov2-vit-s"), name="dinov2-vit-s-3", arch_kwargs={"depth": 3}))
     try:
-        enc = load_encoder("dinov2-vit-s-3", weights=str(tmp_path / "repo" / "model.safetensors"))
+        enc = load_encoder("dinov2-vit-s-3", weights=str(tmp_path / "repo" / "model.safetensors"),
+                           pos_embed="upstream")
     finally:
         unregister_encoder("dinov2-vit-s-3")
     x = enc.preprocess(torch.rand(2, 3, 230, 230))

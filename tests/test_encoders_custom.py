@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from irepa.encoders import get_spec, list_encoders, load_encoder, register_encoder, unregister_encoder
 
@@ -54,13 +55,16 @@ def test_decorated_factory_follows_the_encoder_contract(as_tokens, toy_names, tm
     images = torch.rand(2, 3, 50, 60)
     out = enc.encode(images)
     assert out.shape == (2, 15, 12)
-    # independent computation: resize + normalise + the raw convolution, flattened row-major
-    x = torch.nn.functional.interpolate(images, size=(24, 40), mode="bicubic", align_corners=False, antialias=True)
+    # independent computation: resize (as the paper's code: bicubic, no antialias) + normalise + the raw
+    # convolution, flattened row-major; resize="antialias" low-pass filters instead
     fmap = PatchConv(tokens=False)
     fmap.load_state_dict(enc.model.state_dict())
-    with torch.no_grad():
-        ref = fmap((x - 0.5) / 0.25).flatten(2).transpose(1, 2)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    smooth = load_encoder(name, weights="random", grid=(3, 5), resize="antialias")
+    for encoder, antialias in ((enc, False), (smooth, True)):
+        x = F.interpolate(images, size=(24, 40), mode="bicubic", align_corners=False, antialias=antialias)
+        with torch.no_grad():
+            ref = fmap((x - 0.5) / 0.25).flatten(2).transpose(1, 2)
+        torch.testing.assert_close(encoder.encode(images), ref, rtol=1e-5, atol=1e-5)
 
 
 def test_spec_variant_and_duplicate_names(toy_names):

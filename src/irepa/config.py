@@ -72,6 +72,13 @@ class AlignSection:
     # Pixels fed to every encoder. None: the model's token grid times the encoder's patch size, so
     # the encoder's tokens match the grid exactly; otherwise its tokens are resampled to the grid.
     encoder_resolution: int | None = None
+    # How images reach the encoder's input size: "reference" as the paper's code (bicubic / bilinear
+    # without antialias; DINOv3 antialiased), or "antialias" (low-pass when shrinking, like PIL).
+    encoder_resize: str = "reference"
+    # Position embeddings resampled to the encoder grid: "reference" as the paper's code (timm's bicubic
+    # with antialias; bilinear for PE), or "upstream" as the encoder's release (DINOv2 without antialias,
+    # MoCo v3 sin-cos regenerated).
+    encoder_pos_embed: str = "reference"
 
 
 @dataclass
@@ -213,11 +220,18 @@ def _merge(base: dict, update: dict) -> dict:
     return out
 
 
-def upgrade_config_dict(data: dict) -> dict:
-    """A config dict as written by an earlier release, in today's layout (a copy; unknown keys are kept)."""
+def upgrade_config_dict(data: dict, stored: bool = False) -> dict:
+    """A config dict as written by an earlier release, in today's layout (a copy; unknown keys are kept).
+
+    ``stored``: the complete config of a checkpoint, where a missing field means the run predates it
+    and used that field's behaviour of the time (not today's default).
+    """
     data = dict(data)
     if "diffusion" in data and "objective" not in data:  # the objective section was called diffusion
         data["objective"] = data.pop("diffusion")
+    align = data.get("align")
+    if stored and isinstance(align, dict) and "encoder_resize" not in align:  # encoders then resized with antialias
+        data["align"] = {**align, "encoder_resize": "antialias", "encoder_pos_embed": "upstream"}
     if isinstance(data.get("sample"), dict) and "path" in data["sample"]:  # samplers take the objective's path
         data["sample"] = {k: v for k, v in data["sample"].items() if k != "path"}
     return data
@@ -289,7 +303,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def with_defaults(stored: dict) -> dict:
     """A stored config dict in today's layout, completed with today's defaults (fields added since)."""
-    return _merge(to_dict(RunConfig()), upgrade_config_dict(stored))
+    return _merge(to_dict(RunConfig()), upgrade_config_dict(stored, stored=True))
 
 
 def config_from_checkpoint(ckpt: dict) -> RunConfig:

@@ -28,6 +28,10 @@ class Aligner(nn.Module):
 
     The encoders themselves are *not* submodules: they are frozen, shared, and never checkpointed.
     Attach to any backbone that exposes its hidden state ``(B, T, C)`` after block ``k``.
+
+    The defaults are iREPA on latent SiT: a 3x3 conv projector and z-scored targets with
+    ``alpha = 0.6`` (the paper's pixel-space JiT recipe uses 0.8); pass ``projector="mlp",
+    norm="none"`` for REPA.
     """
 
     def __init__(
@@ -40,7 +44,7 @@ class Aligner(nn.Module):
         kernel_size: int = 3,
         projector_hidden_dim: int = 2048,
         norm: str = "zscore",
-        alpha: float = 1.0,
+        alpha: float = 0.6,
         eps: float = 1e-6,
     ):
         super().__init__()

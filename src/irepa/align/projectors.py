@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from irepa.models.layers import xavier_init_linears
+
 PROJECTORS = ("mlp", "linear", "conv")
 
 
@@ -22,7 +24,11 @@ def _grid_of(num_tokens: int, hw: tuple[int, int] | None) -> tuple[int, int]:
 
 
 class MLPProjector(nn.Sequential):
-    """REPA's token-wise 3-layer MLP: Linear -> SiLU -> Linear -> SiLU -> Linear."""
+    """REPA's token-wise 3-layer MLP: Linear -> SiLU -> Linear -> SiLU -> Linear.
+
+    Xavier-uniform weights and zero biases: the reference builds the projectors inside SiT, whose
+    initialiser covers every ``nn.Linear`` of the model.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048):
         super().__init__(
@@ -32,20 +38,29 @@ class MLPProjector(nn.Sequential):
             nn.SiLU(),
             nn.Linear(hidden_dim, out_dim),
         )
+        xavier_init_linears(self)
 
     def forward(self, h: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         return super().forward(h)
 
 
 class LinearProjector(nn.Linear):
-    """A single token-wise linear map."""
+    """A single token-wise linear map (xavier-uniform weight, zero bias, as the reference SiT)."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__(in_dim, out_dim)
+        xavier_init_linears(self)
 
     def forward(self, h: torch.Tensor, hw: tuple[int, int] | None = None) -> torch.Tensor:
         return super().forward(h)
 
 
 class ConvProjector(nn.Module):
-    """iREPA's projector: a k x k convolution over the token grid, so neighbours inform each token."""
+    """iREPA's projector: a k x k convolution over the token grid, so neighbours inform each token.
+
+    Initialised with PyTorch's ``nn.Conv2d`` default (kaiming-uniform, a = sqrt(5)), as the reference:
+    its SiT initialiser only touches ``nn.Linear`` modules.
+    """
 
     def __init__(self, in_dim: int, out_dim: int, kernel_size: int = 3):
         super().__init__()

@@ -6,15 +6,24 @@ Every encoder in the zoo (and every user encoder) is an :class:`Encoder`:
   and applies the encoder's own resize and normalisation;
 * ``forward(x)`` returns patch tokens ``(B, T, D)``: prefix (CLS / register) tokens removed,
   the encoder's final norm applied, ``T = grid[0] * grid[1]``;
-* ``encode(images)`` is both, under ``no_grad``.
+* ``encode(images)`` is both, under ``no_grad``, at the encoder's compute precision.
+
+Precision: weights stay float32. An encoder asked to compute in bfloat16 / float16
+(:meth:`Encoder.use_precision`, or ``load_encoder(..., dtype=torch.bfloat16)``) runs its network under
+``torch.autocast``, as the paper's code does, so layer norms, softmax and the residual stream keep
+float32; weight-free encoders (HOG, SIFT) never compute in lower precision. ``encode`` returns
+float32 tokens either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import torch
 from torch import nn
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def resample_tokens(tokens: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
@@ -45,8 +54,10 @@ class Encoder(nn.Module):
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     interpolation: str = "bicubic"
-    antialias: bool = True  # low-pass when shrinking, like PIL / torchvision resizes
+    antialias: bool = False  # as the paper's code (F.interpolate); True low-passes when shrinking, like PIL
     output_grid: tuple[int, int] | None = None
+    autocast_dtype: torch.dtype | None = None  # compute precision of encode(); None: that of the weights
+    supports_autocast: bool = True  # False for weight-free encoders, whose maths must stay float32
 
     @property
     def token_grid(self) -> tuple[int, int]:
@@ -81,14 +92,36 @@ class Encoder(nn.Module):
         """Bring tokens from the grid the network produced onto :attr:`grid`."""
         return resample_tokens(tokens, network_grid, self.grid)
 
+    def use_precision(self, dtype: torch.dtype) -> Encoder:
+        """Compute in ``dtype``: bfloat16 / float16 autocast with float32 weights; float32 / float64 cast weights."""
+        if dtype in LOW_PRECISION:
+            self.to(torch.float32)
+            self.autocast_dtype = dtype if self.supports_autocast else None
+        elif dtype.is_floating_point:
+            self.to(dtype)
+            self.autocast_dtype = None
+        else:
+            raise ValueError(f"{self.name}: cannot compute in {dtype}; use float32, bfloat16 or float16")
+        return self
+
+    def _precision(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Autocast to :attr:`autocast_dtype`, or autocast off so an outer autocast cannot lower the precision."""
+        if not torch.amp.is_autocast_available(device.type):
+            return contextlib.nullcontext()
+        if self.autocast_dtype is None:
+            return torch.autocast(device.type, enabled=False)
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens ``(B, T, D)`` of ``[0, 1]`` images."""
+        """Patch tokens ``(B, T, D)`` of ``[0, 1]`` images (float32 when computed under autocast)."""
         ref = next(itertools.chain(self.parameters(), self.buffers()), None)  # where the network lives
         x = self.preprocess(images.to(ref.device if ref is not None else images.device))
         if ref is not None and ref.is_floating_point() and ref.dtype != x.dtype:
             x = x.to(ref.dtype)
-        return self(x)
+        with self._precision(x.device):
+            tokens = self(x)
+        return tokens.float() if self.autocast_dtype is not None else tokens
 
     def freeze(self) -> Encoder:
         """Eval mode, no gradients: encoders are fixed targets."""
@@ -111,4 +144,5 @@ class SpecEncoder(Encoder):
         self.resolution = tuple(resolution)
         self.output_grid = tuple(output_grid) if output_grid is not None else None
         self.mean, self.std, self.interpolation = spec.mean, spec.std, spec.interpolation
+        self.antialias = spec.resize_antialias
         self.model = model

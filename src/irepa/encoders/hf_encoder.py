@@ -3,7 +3,8 @@
 The model is built from the repository's ``config.json`` when it sits beside the weights (hub
 download or a local folder), else from the spec's built-in config. ``last_hidden_state`` is already
 layer-normed; the CLS (and any register) tokens are dropped. Position embeddings are resampled by
-transformers itself on every call (bicubic, no antialias), so any grid works.
+transformers itself on every call (bicubic, no antialias), so any grid works; the paper's code uses
+the same model, so there is no other rule to follow.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from irepa.encoders.base import SpecEncoder
-from irepa.encoders.spec import EncoderSpec
+from irepa.encoders.spec import REPA_POS, EncoderSpec, PosResample
 from irepa.encoders.weights import WeightsMismatchError, read_state_dict, resolve_weights, save_state_dict
 
 
@@ -55,7 +56,7 @@ class HFDinov2Encoder(SpecEncoder):
 
 
 def create(spec: EncoderSpec, resolution: tuple[int, int], output_grid: tuple[int, int] | None,
-           weights: str | None, meta: bool = False) -> HFDinov2Encoder:
+           weights: str | None, meta: bool = False, pos: PosResample = REPA_POS) -> HFDinov2Encoder:
     """Build the encoder; ``weights`` is ``None`` (cache / hub), ``"random"`` or a file path."""
     from transformers import Dinov2Model
 

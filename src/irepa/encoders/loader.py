@@ -64,8 +64,9 @@ def plan_input(spec: EncoderSpec, resolution: int | Sequence[int] | None = None,
 
 def load_encoder(name: str, weights: str | None = None, resolution: int | Sequence[int] | None = None,
                  grid: int | Sequence[int] | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> Encoder:
-    """The registered encoder ``name``, frozen, on ``device`` in ``dtype``.
+                 dtype: torch.dtype = torch.float32, resize: str = "reference",
+                 pos_embed: str = "reference") -> Encoder:
+    """The registered encoder ``name``, frozen, on ``device``, computing in ``dtype``.
 
     Args:
         name: a name from :func:`list_encoders` (``irepa encoders list``).
@@ -75,16 +76,28 @@ def load_encoder(name: str, weights: str | None = None, resolution: int | Sequen
         resolution: network input size ``(H, W)`` or ``S``; defaults to the native one.
         grid: wanted token grid ``(h, w)``; picks the resolution that yields it.
         device: ``"meta"`` builds shapes only (no memory, no weights; needs ``weights="random"``).
-        dtype: parameter dtype.
+        dtype: compute precision of ``encode``. ``torch.bfloat16`` / ``torch.float16`` keep float32
+            weights and run the network under autocast (weight-free HOG / SIFT stay float32);
+            ``torch.float32`` / ``torch.float64`` set the weights' dtype.
+        resize: how images reach the input size: ``"reference"`` as the paper's code (``F.interpolate``
+            without antialias, except DINOv3's antialiased ``Resize``), ``"antialias"`` low-pass filtered
+            when shrinking, as PIL / torchvision resizes.
+        pos_embed: how absolute position embeddings are resampled when the grid differs from the
+            checkpoint's: ``"reference"`` as the paper's code (timm's bicubic with antialias; bilinear
+            for the Perception Encoders), ``"upstream"`` as the encoder's own release (DINOv2:
+            bicubic without antialias; MoCo v3: sin-cos regenerated for the grid).
     """
     spec = get_spec(name)
     res, out_grid = plan_input(spec, resolution, grid)
+    antialias = spec.resize_antialias_for(resize)
+    pos_rule = spec.position_rule(pos_embed)
     meta = torch.device(device).type == "meta"
     if meta and weights != "random":
         raise ValueError("device='meta' builds shapes only; pass weights='random' with it")
     if isinstance(weights, str) and weights != "random" and not weights.strip():
         raise ValueError("weights is an empty string; pass None, 'random' or a file path")
-    encoder = _BUILDERS[spec.source](spec, res, out_grid, None if weights is None else str(weights), meta)
+    encoder = _BUILDERS[spec.source](spec, res, out_grid, None if weights is None else str(weights), meta, pos_rule)
+    encoder.antialias = antialias
     if not meta:
-        encoder = encoder.to(device=device, dtype=dtype)
+        encoder = encoder.to(device=device).use_precision(dtype)
     return encoder.freeze()

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from irepa.errors import ConfigError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -18,6 +20,32 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)  # SigLIP, SigLIP2 and Perception Encoder map [0, 1] to [-1, 1]
 
 SOURCES = ("timm", "transformers", "mocov3", "hog", "sift", "custom")
+RESIZE_MODES = ("reference", "antialias")  # how images are brought to the encoder's input size
+POS_EMBED_MODES = ("reference", "upstream")  # how absolute position embeddings are brought to a new grid
+
+
+@dataclass(frozen=True)
+class PosResample:
+    """How an absolute position embedding is resampled to another token grid.
+
+    The default is what REPA and iREPA call for every ViT they load:
+    ``timm.layers.resample_abs_pos_embed(pos, new_size)``, i.e. bicubic with antialias.
+    ``sincos=True`` regenerates a fixed sin-cos embedding for the grid instead (MoCo v3's own code).
+    ``rope_rescale=False`` puts 2-D RoPE on integer grid positions (Meta's Perception Encoder code)
+    instead of timm's EVA-style rescaling of the positions to the pretraining grid.
+    """
+
+    interpolation: str = "bicubic"
+    antialias: bool = True
+    sincos: bool = False
+    rope_rescale: bool = True
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"position embeddings are resampled bicubic or bilinear, not {self.interpolation!r}")
+
+
+REPA_POS = PosResample()  # the reference code's rule (timm's defaults)
 
 
 @dataclass(frozen=True)
@@ -36,9 +64,14 @@ class EncoderSpec:
         num_prefix_tokens: CLS + register tokens that precede the patch tokens (stripped).
         mean, std: input normalisation after scaling to ``[0, 1]``.
         interpolation: resize mode used by ``preprocess`` (``"bicubic"`` or ``"bilinear"``).
+        resize_antialias: the paper's code antialiases when it resizes images for this encoder (only
+            DINOv3's torchvision ``Resize`` does; everything else calls ``F.interpolate`` without it).
         final_norm: apply the network's last norm to the patch tokens (see ``docs/encoders.md``
             for the entries that read the last block without it, as the paper's code did).
-        pos_antialias: antialias when absolute position embeddings are resampled to a new grid.
+        pos_reference: how the paper's code resamples the absolute position embedding to a new grid.
+        pos_upstream: how the encoder's own release does it, where that differs (``None``: the same).
+        checkpoint_key: entry of a training checkpoint that holds the network to load (I-JEPA:
+            ``"encoder"``, the context encoder the paper's code reads; ``"target_encoder"`` for the EMA one).
         hub_id, hub_file: Hugging Face repository and file of the weights.
         url: direct download address, for weights outside the hub.
         converter: name of a state-dict converter (``irepa.encoders.convert``) for original layouts.
@@ -59,8 +92,11 @@ class EncoderSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bicubic"
+    resize_antialias: bool = False
     final_norm: bool = True
-    pos_antialias: bool = True
+    pos_reference: PosResample = REPA_POS
+    pos_upstream: PosResample | None = None
+    checkpoint_key: str | None = None
     hub_id: str | None = None
     hub_file: str | None = None
     url: str | None = None
@@ -82,6 +118,19 @@ class EncoderSpec:
             object.__setattr__(self, "native_resolution", (res, res))
         if self.source == "custom" and self.factory is None:
             raise ValueError(f"encoder {self.name!r}: a custom encoder needs a factory")
+
+    def position_rule(self, mode: str = "reference") -> PosResample:
+        """The position-embedding rule for ``mode`` (``"reference"`` or ``"upstream"``)."""
+        if mode not in POS_EMBED_MODES:
+            raise ConfigError(f"encoder position-embedding mode must be one of {', '.join(POS_EMBED_MODES)}, "
+                              f"got {mode!r}")
+        return self.pos_upstream if mode == "upstream" and self.pos_upstream is not None else self.pos_reference
+
+    def resize_antialias_for(self, mode: str = "reference") -> bool:
+        """Whether ``preprocess`` antialiases under resize ``mode`` (``"reference"`` or ``"antialias"``)."""
+        if mode not in RESIZE_MODES:
+            raise ConfigError(f"encoder resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+        return True if mode == "antialias" else self.resize_antialias
 
     @property
     def needs_weights(self) -> bool:

@@ -2,8 +2,10 @@
 MoCo v3) and the SAM2 Hiera trunk.
 
 The network is built directly at the requested input size, so absolute position embeddings are
-resampled once, at load time (bicubic; antialias per spec), and RoPE grids are made for that size.
-``dynamic_img_size`` stays on, so ``forward`` also accepts other sizes divisible by the stride.
+resampled once, at load time, by the spec's rule for the chosen mode (:class:`PosResample`: by default
+the paper's code, timm's bicubic-with-antialias ``resample_abs_pos_embed``; bilinear for the
+Perception Encoders), and RoPE grids are made for that size. ``dynamic_img_size`` stays on, so
+``forward`` also accepts other sizes divisible by the stride.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch import nn
 
 from irepa.encoders.base import SpecEncoder
 from irepa.encoders.convert import convert
-from irepa.encoders.spec import EncoderSpec
+from irepa.encoders.spec import REPA_POS, EncoderSpec, PosResample
 from irepa.encoders.weights import WeightsMismatchError, load_strict, read_state_dict, resolve_weights
 
 log = logging.getLogger(__name__)
@@ -70,32 +72,57 @@ def build_model(spec: EncoderSpec, resolution: tuple[int, int]) -> nn.Module:
     return timm.create_model(spec.arch, pretrained=False, **kwargs)
 
 
-def _timm_filter(model: nn.Module, state: dict, antialias: bool) -> dict:
-    """timm's own checkpoint filter for the model's module (original layouts, position resampling)."""
+def _stored_grid(model: nn.Module, pos: torch.Tensor) -> tuple[int, int]:
+    """The square grid of a stored ``pos_embed`` (after the model's prefix positions)."""
+    prefix = model.pos_embed.shape[1] - math.prod(model.patch_embed.grid_size)
+    side = math.isqrt(max(pos.shape[1] - prefix, 0))
+    if side * side != pos.shape[1] - prefix:
+        raise WeightsMismatchError(
+            f"pos_embed in the file holds {pos.shape[1] - prefix} positions, not a square grid, and this model "
+            f"needs {tuple(model.patch_embed.grid_size)}; load it at the grid it was saved with"
+        )
+    return side, side
+
+
+def _mocov3_positions(model: nn.Module, state: dict, rule: PosResample) -> dict:
+    """MoCo v3's fixed sin-cos positions on the model's grid: resampled from the file, or regenerated."""
+    grid = tuple(model.patch_embed.grid_size)
+    pos = state.get("pos_embed")
+    if rule.sincos or pos is None:
+        return {**state, "pos_embed": sincos_pos_embed(grid, model.embed_dim)}
+    if pos.shape == model.pos_embed.shape:
+        return state
+    from timm.layers import resample_abs_pos_embed
+
+    resampled = resample_abs_pos_embed(pos, new_size=list(grid), old_size=list(_stored_grid(model, pos)),
+                                       num_prefix_tokens=1, interpolation=rule.interpolation, antialias=rule.antialias)
+    return {**state, "pos_embed": resampled}
+
+
+def _timm_filter(model: nn.Module, state: dict, rule: PosResample) -> dict:
+    """timm's own checkpoint filter for the model's module (original layouts, position resampling by ``rule``)."""
     pos, own = state.get("pos_embed"), getattr(model, "pos_embed", None)
     if pos is not None and own is not None and pos.ndim == 3 and pos.shape[1] != own.shape[1]:
-        prefix = own.shape[1] - math.prod(model.patch_embed.grid_size)
-        side = math.isqrt(max(pos.shape[1] - prefix, 0))
-        if side * side != pos.shape[1] - prefix:
-            raise WeightsMismatchError(
-                f"pos_embed in the file holds {pos.shape[1] - prefix} positions, not a square grid, and this model "
-                f"needs {tuple(model.patch_embed.grid_size)}; load it at the grid it was saved with"
-            )
+        _stored_grid(model, pos)
     module = importlib.import_module(type(model).__module__)
     fn = getattr(module, "checkpoint_filter_fn", None)
     if fn is None:
         return state
     params = inspect.signature(fn).parameters
-    kwargs = {"antialias": antialias} if "antialias" in params else {}
+    kwargs = {k: v for k, v in (("interpolation", rule.interpolation), ("antialias", rule.antialias)) if k in params}
     return fn(state, model, **kwargs)
 
 
-def load_weights(model: nn.Module, spec: EncoderSpec, path: str | Path, assign: bool = False) -> None:
-    """Read, convert and strictly load weights from ``path`` into ``model`` (``assign``: see ``load_strict``)."""
-    state = convert(spec.converter, read_state_dict(path), model)
-    if spec.source == "mocov3" and "pos_embed" in state:  # fixed sin-cos: regenerated exactly for this grid
-        state["pos_embed"] = sincos_pos_embed(model.patch_embed.grid_size, model.embed_dim)
-    state = _timm_filter(model, state, spec.pos_antialias)
+def load_weights(model: nn.Module, spec: EncoderSpec, path: str | Path, assign: bool = False,
+                 pos: PosResample = REPA_POS) -> None:
+    """Read, convert and strictly load weights from ``path`` into ``model`` (``assign``: see ``load_strict``).
+
+    ``pos`` is the position-embedding rule used when the file's grid differs from the model's.
+    """
+    state = convert(spec.converter, read_state_dict(path, key=spec.checkpoint_key), model)
+    if spec.source == "mocov3":
+        state = _mocov3_positions(model, state, pos)
+    state = _timm_filter(model, state, pos)
     if isinstance(getattr(model, "head", None), nn.Identity):  # classifier / projection heads are not used
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
     load_strict(model, state, origin=f"{spec.name} weights {path}", assign=assign)
@@ -126,9 +153,23 @@ class TimmEncoder(SpecEncoder):
         return self.finish(tokens, (h, w))
 
 
+def _rope_on_integer_positions(model: nn.Module) -> None:
+    """Drop timm's rescaling of RoPE positions to the pretraining grid (``ref_feat_shape``).
+
+    With ``dynamic_img_size`` the rotary tables are rebuilt from this attribute on every call.
+    """
+    rope = getattr(model, "rope", None)
+    if rope is None or not hasattr(rope, "ref_feat_shape"):
+        raise ValueError(f"{type(model).__name__} has no timm RoPE module whose positions could be set")
+    if getattr(rope, "feat_shape", None) is not None:  # pragma: no cover - tables cached at build time
+        raise ValueError("RoPE tables are cached for a fixed grid; build the model with dynamic_img_size=True")
+    rope.ref_feat_shape = None
+
+
 def create(spec: EncoderSpec, resolution: tuple[int, int], output_grid: tuple[int, int] | None,
-           weights: str | None, meta: bool = False) -> TimmEncoder:
-    """Build the encoder; ``weights`` is ``None`` (cache / hub), ``"random"`` or a file path."""
+           weights: str | None, meta: bool = False, pos: PosResample = REPA_POS) -> TimmEncoder:
+    """Build the encoder; ``weights`` is ``None`` (cache / hub), ``"random"`` or a file path; ``pos``: see
+    :func:`load_weights`."""
     if meta:
         with torch.device("meta"):
             model = build_model(spec, resolution)
@@ -141,7 +182,9 @@ def create(spec: EncoderSpec, resolution: tuple[int, int], output_grid: tuple[in
 
             with init_empty_weights(include_buffers=False):
                 model = build_model(spec, resolution)
-            load_weights(model, spec, path, assign=True)
+            load_weights(model, spec, path, assign=True, pos=pos)
+    if not pos.rope_rescale:
+        _rope_on_integer_positions(model)
     if not meta and spec.source == "timm" and not _is_feature_map(spec.arch):
         grid = tuple(model.patch_embed.grid_size)
         want = (resolution[0] // spec.patch_size, resolution[1] // spec.patch_size)

@@ -200,11 +200,12 @@ def _download(spec: EncoderSpec) -> Path:  # pragma: no cover - needs a network
     return dest
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` / ``.pt`` / ``.pth`` file, unwrapped from training checkpoints.
 
     Accepts a plain state dict or a checkpoint holding one under ``state_dict`` / ``model`` /
-    ``target_encoder`` / ``encoder`` ...; a ``module.`` prefix on every key is removed.
+    ``target_encoder`` / ``encoder`` ...; a ``module.`` prefix on every key is removed. ``key`` picks
+    the entry of a checkpoint that holds several networks (I-JEPA: ``encoder`` or ``target_encoder``).
     """
     path = Path(path)
     if not path.is_file():
@@ -217,7 +218,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         obj = load_file(str(path))
     else:
         obj = _torch_load(path)
-    return unwrap_state_dict(obj, str(path))
+    return unwrap_state_dict(obj, str(path), key)
 
 
 def _torch_load(path: Path) -> object:
@@ -230,12 +231,21 @@ def _torch_load(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def unwrap_state_dict(obj: object, origin: str = "checkpoint") -> dict[str, torch.Tensor]:
+def _is_state_dict(obj: object) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and all(torch.is_tensor(v) for v in obj.values())
+
+
+def unwrap_state_dict(obj: object, origin: str = "checkpoint", key: str | None = None) -> dict[str, torch.Tensor]:
     """The tensor mapping inside a checkpoint object (see :func:`read_state_dict`)."""
+    if key is not None and isinstance(obj, Mapping) and not _is_state_dict(obj):
+        if not isinstance(obj.get(key), Mapping):
+            raise WeightsMismatchError(f"{origin} is a checkpoint without a {key!r} entry (it holds "
+                                       f"{', '.join(map(str, list(obj)[:10]))}); pass the state dict of that network")
+        obj = obj[key]
     for _ in range(4):
         if not isinstance(obj, Mapping):
             raise ValueError(f"{origin} holds a {type(obj).__name__}, not a state dict")
-        if obj and all(torch.is_tensor(v) for v in obj.values()):
+        if _is_state_dict(obj):
             break
         inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:

@@ -30,8 +30,11 @@ class DinoV2Extractor(FeatureExtractor):
         dinos = [n for n in list_encoders() if n.startswith("dinov2")]
         if encoder not in dinos:
             raise ValueError(f"unknown DINOv2 encoder {encoder!r}; valid: {', '.join(dinos)}")
+        # An evaluation feature, not an alignment target: it keeps the antialiased resize and DINOv2's own
+        # position resampling it has always used, so FD-DINOv2 values stay comparable across versions.
         self.encoder = load_encoder(encoder, weights=None if weights is None else str(weights), device=device,
-                                    resolution=resolution)  # None: the encoder's native 224 px
+                                    resolution=resolution,  # None: the encoder's native 224 px
+                                    resize="antialias", pos_embed="upstream")
         self.name = encoder
         path = default_weights_path(encoder) if weights is None else weights
         # the file the encoder was loaded from (None for random weights)

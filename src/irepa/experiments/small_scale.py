@@ -90,11 +90,14 @@ def token_dataset(cfg: RunConfig, cache_dir: Path, encoder_batch: int = 64):
     tokens = {}
     for entry in cfg.align.encoders:
         resolution = cfg.align.encoder_resolution
-        encoder = load_encoder(entry.name, weights=entry.weights, resolution=resolution, grid=grid).freeze()
+        encoder = load_encoder(entry.name, weights=entry.weights, resolution=resolution, grid=grid,
+                               resize=cfg.align.encoder_resize, pos_embed=cfg.align.encoder_pos_embed).freeze()
         key = {
             "encoder": entry.name,
             "weights": str(entry.weights),
             "grid": list(grid),
+            "resize": cfg.align.encoder_resize,
+            "pos_embed": cfg.align.encoder_pos_embed,
             **({"resolution": resolution} if resolution else {}),  # absent for the default: old caches stay valid
             "data": {k: getattr(cfg.data, k) for k in ("source", "path", "resolution", "limit", "split")},
         }

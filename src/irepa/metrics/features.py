@@ -22,7 +22,7 @@ from irepa.metrics.sources import ImageSource
 from irepa.metrics.tables import atomic_path
 
 REDUCTIONS = ("tokens", "mean")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: encoders resize images and positions as the paper's code (no antialias)
 
 
 def default_cache_dir() -> Path:

@@ -65,7 +65,14 @@ def build_aligner(cfg, backbone: nn.Module, device, dtype) -> tuple[Aligner | No
         raise ConfigError(f"align.encoders lists an encoder twice: {names}")
     encoders = {
         e.name: load_encoder(
-            e.name, weights=e.weights, resolution=a.encoder_resolution, grid=backbone.grid, device=device, dtype=dtype
+            e.name,
+            weights=e.weights,
+            resolution=a.encoder_resolution,
+            grid=backbone.grid,
+            device=device,
+            dtype=dtype,
+            resize=a.encoder_resize,
+            pos_embed=a.encoder_pos_embed,
         ).freeze()
         for e in a.encoders
     }

@@ -174,7 +174,10 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     # ---- model, alignment head, EMA, optimiser
     torch.manual_seed(t_cfg.seed)
     backbone = build_backbone(cfg)
-    enc_dtype = torch.bfloat16 if (t_cfg.mixed_precision == "bf16" and device.type == "cuda") else torch.float32
+    # encoders keep fp32 weights and run under autocast at the run's precision (hand-crafted ones stay fp32)
+    enc_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t_cfg.mixed_precision, torch.float32)
+    if device.type != "cuda":
+        enc_dtype = torch.float32  # bf16 autocast on a CPU is slower than fp32
     aligner, encoders = build_aligner(cfg, backbone, device, enc_dtype)
     module = AlignedModel(backbone, aligner, cfg.align.depth).to(device)
     emas = [EMA(backbone, d, t_cfg.ema_warmup).to(device) for d in [t_cfg.ema_decay, *t_cfg.extra_ema_decays]]
