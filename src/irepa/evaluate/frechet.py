@@ -1,18 +1,19 @@
 """Gaussian statistics of features and the Fréchet distance between two Gaussians (FID, sFID, FD_DINOv2).
 
-``d² = ||mu1 - mu2||² + tr(S1) + tr(S2) - 2 tr(sqrt(S1 S2))``, in float64 with ``scipy.linalg.sqrtm``.
-A square root that is not finite, or has a significant imaginary part, raises
+``d² = ||mu1 - mu2||² + tr(S1) + tr(S2) - 2 tr(sqrt(S1 S2))``, in float64. The trace of the square root
+is taken from symmetric eigenvalues, ``tr sqrt(S1 S2) = sum_i sqrt(lambda_i(S1^1/2 S2 S1^1/2))``: the
+same number as the ADM suite's ``scipy.linalg.sqrtm`` route, in seconds instead of minutes for
+2048-d features (and without the Schur iteration's slow path on the rank-deficient covariances of small
+sample sets). Eigenvalues clearly below zero (the imaginary part ``sqrtm`` would produce) raise
 :class:`FrechetDistanceError` instead of being patched: a regulariser ``eps`` is only ever added when
 the caller asks for it, and callers record the value they used.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
 
 class FrechetDistanceError(ArithmeticError):
@@ -67,29 +68,25 @@ def frechet_distance_details(
     if eps > 0:
         offset = np.eye(mu1.shape[0]) * eps
         sigma1, sigma2 = sigma1 + offset, sigma2 + offset
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy's "singular matrix" warning; the result is checked below
-        covmean = linalg.sqrtm(sigma1 @ sigma2)
-    covmean = np.asarray(covmean)
-    if not np.isfinite(covmean).all():
+    w, v = np.linalg.eigh(sigma1)
+    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # S1^1/2 (clipping float noise below zero)
+    inner = np.linalg.eigvalsh(root1 @ sigma2 @ root1)
+    if not np.isfinite(inner).all():
         raise FrechetDistanceError(
-            "the square root of the covariance product is not finite (the covariances are singular or "
-            "badly conditioned: usually too few samples for the feature dimension). Use more samples, or "
-            "pass an explicit eps (e.g. 1e-6), which is then recorded with the result."
+            "the eigenvalues of the covariance product are not finite (the covariances are singular or badly "
+            "conditioned: usually too few samples for the feature dimension). Use more samples, or pass an "
+            "explicit eps (e.g. 1e-6), which is then recorded with the result."
         )
-    max_imag = 0.0
-    if np.iscomplexobj(covmean):
-        max_imag = float(np.max(np.abs(covmean.imag)))
-        diag_imag = float(np.max(np.abs(np.diagonal(covmean).imag)))
-        if diag_imag > imag_atol:
-            raise FrechetDistanceError(
-                f"the square root of the covariance product has an imaginary part of {diag_imag:.3g} on its "
-                f"diagonal (> {imag_atol}); the covariances are not valid (not positive semi-definite) or "
-                "too ill-conditioned. Check the statistics, use more samples, or pass an explicit eps."
-            )
-        covmean = covmean.real
+    max_imag = float(np.sqrt(max(0.0, -float(inner.min()))))  # what sqrt(S1 S2) would carry as imaginary part
+    if max_imag > imag_atol:
+        raise FrechetDistanceError(
+            f"the covariance product has a negative eigenvalue ({inner.min():.3g}): its square root would have an "
+            f"imaginary part of {max_imag:.3g} (> {imag_atol}); the covariances are not valid (not positive "
+            "semi-definite) or too ill-conditioned. Check the statistics, use more samples, or pass an explicit eps."
+        )
+    trace_covmean = float(np.sum(np.sqrt(np.clip(inner, 0.0, None))))
     diff = mu1 - mu2
-    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean)
     return FrechetResult(value=value, eps=float(eps), max_imag=max_imag)
 
 
