@@ -2,14 +2,14 @@
 
 from irepa.codecs.latent import denormalize_latents, normalize_latents, sample_posterior
 
-from .base import CorruptImageError, ImageDataset, SampleKey
+from .base import IMAGE_MODES, CorruptImageError, ImageDataset, SampleKey
 from .build import build_dataset
 from .config import SOURCES, DataConfig
 from .latent_cache import CacheMismatchError
 from .latents import LatentDataset
 from .loader import StepLoader, make_loader
 from .prepare import prepare_latents
-from .transforms import center_crop_arr
+from .transforms import center_crop_arr, to_unit_float
 
 __all__ = [
     "DataConfig",
@@ -27,4 +27,6 @@ __all__ = [
     "denormalize_latents",
     "prepare_latents",
     "center_crop_arr",
+    "to_unit_float",
+    "IMAGE_MODES",
 ]
