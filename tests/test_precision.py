@@ -63,6 +63,21 @@ def test_autocast_model_lowers_the_model_only():
     torch.testing.assert_close(v, expected, rtol=0, atol=0)
 
 
+def test_autocast_model_passes_extra_arguments_and_casts_every_floating_output():
+    lin = nn.Linear(4, 4)
+
+    def model(x, t, y, r=None):  # e.g. an average-velocity model taking a second time, returning extras
+        assert t.dtype == r.dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+        h = lin(x)
+        return h * (t - r)[:, None], (h, y)
+
+    x, t, r = torch.randn(3, 4), torch.rand(3), torch.rand(3)
+    out, (hidden, labels) = autocast_model(model, "fp16")(x, t, torch.arange(3), r=r)
+    assert out.dtype == hidden.dtype == torch.float32 and labels.dtype == torch.int64
+    x64 = x.double()
+    assert autocast_model(lambda x, t: lin.double()(x) * t[:, None], "bf16")(x64, t.double()).dtype == torch.float64
+
+
 def test_sampling_in_bf16_keeps_state_and_time_in_float32():
     probe = Probe()
     generator = Generator(probe, (3, 4, 4), NUM_CLASSES, precision="bf16")

@@ -1,8 +1,8 @@
 """Numeric precision in one place: mixed precision for a model call, and exact float32 where it matters.
 
-* :func:`autocast_model` runs a velocity model ``(x, t, y) -> v`` under autocast (bf16 / fp16) while
-  its inputs and its output stay float32, so an integrator's state and times never lose precision
-  (a bf16 ``t`` near 1 is only good to ~0.004, which merges neighbouring SDE steps).
+* :func:`autocast_model` runs a model ``(x, t, y, ...) -> prediction`` under autocast (bf16 / fp16)
+  while its inputs and its output stay float32, so an integrator's state and times never lose
+  precision (a bf16 ``t`` near 1 is only good to ~0.004, which merges neighbouring SDE steps).
 * :func:`no_tf32` turns TensorFloat-32 off for CUDA matmuls and cuDNN convolutions inside a block and
   restores the caller's settings afterwards, so features computed on a GPU match CPU-computed
   reference statistics (TF32 keeps only 10 mantissa bits).
@@ -22,9 +22,6 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 AUTO = "auto"
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
 def default_precision(device: str | torch.device) -> str:
     """bf16 on CUDA (tensor cores, no loss scaling needed), fp32 elsewhere (CPU autocast rarely pays off)."""
     return "bf16" if torch.device(device).type == "cuda" else "fp32"
@@ -39,12 +36,22 @@ def resolve_precision(precision: str | None, device: str | torch.device) -> str:
     return precision
 
 
-def autocast_model(model: VelocityFn, precision: str) -> VelocityFn:
+def _cast_floats(out: Any, dtype: torch.dtype) -> Any:
+    """Floating tensors in ``out`` (a tensor, or a tuple / list of them) as ``dtype``."""
+    if isinstance(out, torch.Tensor):
+        return out.to(dtype) if out.is_floating_point() else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(_cast_floats(o, dtype) for o in out)
+    return out
+
+
+def autocast_model(model: Callable[..., Any], precision: str) -> Callable[..., Any]:
     """``model`` with its call run under autocast at ``precision``; ``fp32`` returns ``model`` itself.
 
-    ``x``, ``t`` and ``y`` are passed on untouched (autocast lowers only the matmuls and convolutions
-    inside the model), and the velocity comes back in ``x``'s dtype, so the caller's arithmetic on
-    the state stays in float32.
+    The arguments (the state ``x`` first, then ``t``, labels, ...) are passed on untouched: autocast
+    lowers only the matmuls and convolutions inside the model. Floating outputs come back in ``x``'s
+    dtype, so everything computed from them (a velocity from an x-prediction, the integrator's
+    steps) stays in float32.
     """
     if precision == "fp32":
         return model
@@ -52,14 +59,14 @@ def autocast_model(model: VelocityFn, precision: str) -> VelocityFn:
         raise ConfigError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     dtype = AUTOCAST_DTYPES[precision]
 
-    def velocity(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def lowered(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         with torch.autocast(device_type=x.device.type, dtype=dtype):
-            v = model(x, t, y)
-        return v.to(x.dtype)
+            out = model(x, *args, **kwargs)
+        return _cast_floats(out, x.dtype)
 
-    velocity.precision = precision  # type: ignore[attr-defined]  # for introspection and tests
-    velocity.wrapped = model  # type: ignore[attr-defined]
-    return velocity
+    lowered.precision = precision  # type: ignore[attr-defined]  # for introspection and tests
+    lowered.wrapped = model  # type: ignore[attr-defined]
+    return lowered
 
 
 # ---------------------------------------------------------------- TensorFloat-32
