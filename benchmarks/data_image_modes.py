@@ -6,7 +6,7 @@ Writes ``--images`` JPEGs of ImageNet-like size (375 x 500) to a temporary image
 item in each mode, best of ``--repeats`` interleaved passes (``float``: today's float32 items,
 ``uint8``: the source's bytes, ``none``: no image, e.g. a latent-cache run without an encoder) and
 prints items/s, the bytes a batch of ``--batch`` items moves, and both as ratios to ``float``. With a
-GPU it also times the host-to-device copy plus :func:`irepa.data.to_unit_float` per batch against
+GPU it also times the host-to-device copy plus :func:`irepa.codecs.unit_images` per batch against
 copying float32.
 """
 
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from irepa.data import IMAGE_MODES, DataConfig, build_dataset, to_unit_float
+from irepa.codecs import unit_images
+from irepa.data import IMAGE_MODES, DataConfig, build_dataset
 
 
 def write_jpegs(root: Path, count: int) -> None:
@@ -44,11 +45,11 @@ def items_per_second(dataset) -> tuple[float, int]:
 
 def transfer_ms(batch: torch.Tensor, repeats: int = 10) -> float:
     batch = batch.pin_memory()
-    to_unit_float(batch, "cuda")
+    unit_images(batch, "cuda")
     torch.cuda.synchronize()
     tic = time.perf_counter()
     for _ in range(repeats):
-        to_unit_float(batch, "cuda")
+        unit_images(batch, "cuda")
     torch.cuda.synchronize()
     return (time.perf_counter() - tic) / repeats * 1e3
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from irepa.data import DataConfig, SampleKey, build_dataset, make_loader, to_unit_float
+from irepa.codecs import unit_images
+from irepa.data import DataConfig, SampleKey, build_dataset, make_loader
 from irepa.data import fashion_mnist as fm
 from irepa.data import folder as folder_module
 from irepa.data.hf import HFImageDataset
@@ -37,26 +38,26 @@ def every_byte_image() -> np.ndarray:
     return np.stack([values, values.T, values[::-1]], axis=-1)
 
 
-def test_to_unit_float_is_bit_identical_to_the_dataset_side_conversion():
+def test_unit_images_is_bit_identical_to_the_dataset_side_conversion():
     rng = np.random.default_rng(1)
     pictures = [every_byte_image()] + [rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8) for _ in range(3)]
     dataset_side = torch.stack([to_chw_float(p) for p in pictures])  # what float-mode items hold
     batch = torch.stack([to_chw_tensor(p) for p in pictures])  # what uint8-mode items hold
     assert batch.dtype == torch.uint8 and batch.shape == (4, 3, 16, 16)
     assert batch.nbytes * 4 == dataset_side.nbytes
-    converted = to_unit_float(batch)
+    converted = unit_images(batch)
     assert converted.dtype == torch.float32
     assert torch.equal(converted.view(torch.int32), dataset_side.view(torch.int32))  # every bit
     independent = np.stack([p.transpose(2, 0, 1).astype(np.float32) / np.float32(255) for p in pictures])
     np.testing.assert_array_equal(converted.numpy(), independent)
-    assert torch.equal(to_unit_float(batch, device="cpu"), converted)
+    assert torch.equal(unit_images(batch, device="cpu"), converted)
     # why a table and not a division: a multiplication by 1/255 (how CUDA divides by a scalar) differs
     x = torch.arange(256, dtype=torch.float32)
     assert not torch.equal(x * (1 / 255), x / 255)
     # float images: float32, values untouched
     floats = torch.rand(2, 3, 4, 4)
-    assert torch.equal(to_unit_float(floats), floats)
-    assert to_unit_float(floats.double()).dtype == torch.float32
+    assert torch.equal(unit_images(floats), floats)
+    assert unit_images(floats.double()).dtype == torch.float32
 
 
 def test_folder_items_in_each_image_mode(tmp_path, monkeypatch):
@@ -68,7 +69,7 @@ def test_folder_items_in_each_image_mode(tmp_path, monkeypatch):
         a, b = plain[key], raw[key]
         assert a["image"].dtype == torch.float32 and b["image"].dtype == torch.uint8
         assert b["image"].shape == (3, 32, 32)
-        assert torch.equal(to_unit_float(b["image"][None])[0], a["image"])
+        assert torch.equal(unit_images(b["image"][None])[0], a["image"])
         for name in ("label", "index", "flipped"):
             assert torch.equal(a[name], b[name])
     monkeypatch.setattr(folder_module, "load_image_file", lambda *a: pytest.fail("an image was decoded"))
@@ -85,7 +86,7 @@ def test_loader_batches_of_uint8_images_match_float_batches(tmp_path):
     float_batch = next(iter(make_loader(build_dataset(cfg), batch_size=4, seed=3, start_step=1)))
     uint8_batch = next(iter(make_loader(build_dataset(cfg, image_mode="uint8"), batch_size=4, seed=3, start_step=1)))
     assert uint8_batch["image"].dtype == torch.uint8 and uint8_batch["image"].shape == (4, 3, 16, 16)
-    assert torch.equal(to_unit_float(uint8_batch["image"]), float_batch["image"])
+    assert torch.equal(unit_images(uint8_batch["image"]), float_batch["image"])
     assert torch.equal(uint8_batch["flipped"], float_batch["flipped"])
     bare = next(iter(make_loader(build_dataset(cfg, image_mode="none"), batch_size=4, seed=3, start_step=1)))
     assert "image" not in bare and torch.equal(bare["label"], float_batch["label"])
@@ -95,7 +96,7 @@ def test_float_sources_stay_float_in_uint8_mode():
     plain, raw = SyntheticShapes(8, 16, seed=2), SyntheticShapes(8, 16, seed=2, image_mode="uint8")
     for i in (0, 5):
         assert raw[i]["image"].dtype == torch.float32 and torch.equal(raw[i]["image"], plain[i]["image"])
-        assert torch.equal(to_unit_float(raw[i]["image"]), plain[i]["image"])
+        assert torch.equal(unit_images(raw[i]["image"]), plain[i]["image"])
 
 
 def test_fashion_mnist_gives_uint8_when_no_resampling_is_needed(monkeypatch):
@@ -111,7 +112,7 @@ def test_fashion_mnist_gives_uint8_when_no_resampling_is_needed(monkeypatch):
         np.testing.assert_array_equal(raw.numpy(), np.broadcast_to(expected, (3, resolution, resolution)))
         np.testing.assert_array_equal(plain.numpy(), np.broadcast_to(expected.astype(np.float32) / np.float32(255),
                                                                      (3, resolution, resolution)))
-        assert torch.equal(to_unit_float(raw), plain)
+        assert torch.equal(unit_images(raw), plain)
     resized = fm.FashionMNISTDataset(resolution=56, image_mode="uint8")[0]["image"]
     assert resized.dtype == torch.float32 and torch.equal(resized, fm.FashionMNISTDataset(resolution=56)[0]["image"])
 
@@ -149,5 +150,5 @@ def test_hf_labels_are_read_without_the_images(monkeypatch):
     assert [int(bare[i]["label"]) for i in range(5)] == [0, 1, 2, 0, 1] and fake.image_reads == 0
     raw = HFImageDataset("someone/tiny", resolution=16, image_mode="uint8")[SampleKey(4, True)]
     plain = HFImageDataset("someone/tiny", resolution=16)[SampleKey(4, True)]
-    assert raw["image"].dtype == torch.uint8 and torch.equal(to_unit_float(raw["image"]), plain["image"])
+    assert raw["image"].dtype == torch.uint8 and torch.equal(unit_images(raw["image"]), plain["image"])
     assert fake.image_reads == 2

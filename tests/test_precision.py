@@ -12,15 +12,23 @@ import pytest
 import torch
 from torch import nn
 
+from irepa.codecs import PixelCodec
 from irepa.diffusion.samplers import SamplerConfig
 from irepa.errors import ConfigError
 from irepa.evaluate.evaluator import Activations, Evaluator, ReferenceStats
 from irepa.evaluate.features import FeatureExtractor
 from irepa.models import create_model
+from irepa.objectives import ObjectiveConfig, build_objective
 from irepa.precision import autocast_model, no_tf32, resolve_precision, tf32_enabled
 from irepa.sample.pipeline import Generator
 
 NUM_CLASSES = 4
+
+
+def make_generator(model: nn.Module, size: int, precision: str = "auto", prediction: str = "velocity") -> Generator:
+    """A pixel-space (3-channel) generator of ``size`` px around ``model``."""
+    objective = build_objective(ObjectiveConfig(prediction=prediction), NUM_CLASSES)
+    return Generator(model, objective, PixelCodec(3), size, precision=precision)
 
 
 def test_resolve_precision():
@@ -30,7 +38,7 @@ def test_resolve_precision():
     with pytest.raises(ConfigError, match="unknown precision 'half'; valid: auto, fp32, bf16, fp16"):
         resolve_precision("half", "cpu")
     with pytest.raises(ConfigError, match="unknown precision"):
-        Generator(nn.Linear(2, 2), (3, 4, 4), NUM_CLASSES, precision="int8")
+        make_generator(nn.Linear(2, 2), 4, precision="int8")
 
 
 class Probe(nn.Module):
@@ -80,7 +88,7 @@ def test_autocast_model_passes_extra_arguments_and_casts_every_floating_output()
 
 def test_sampling_in_bf16_keeps_state_and_time_in_float32():
     probe = Probe()
-    generator = Generator(probe, (3, 4, 4), NUM_CLASSES, precision="bf16")
+    generator = make_generator(probe, 4, precision="bf16")
     assert generator.precision == "bf16"
     steps = 250
     latents = generator.sample_latents(torch.tensor([0, 1]), [0, 1], SamplerConfig(kind="sde", steps=steps))
@@ -103,13 +111,13 @@ def random_sit() -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("kind", ["ode-heun", "sde"])
-def test_bf16_sampling_stays_close_to_fp32(kind):
+@pytest.mark.parametrize(("kind", "prediction"), [("ode-heun", "velocity"), ("sde", "velocity"), ("ode-heun", "x")])
+def test_bf16_sampling_stays_close_to_fp32(kind, prediction):
     model = random_sit()
     cfg = SamplerConfig(kind=kind, steps=8, cfg_scale=1.5)
     labels, seeds = torch.tensor([0, 1, 2, 3]), [10, 11, 12, 13]
-    exact = Generator(model, (3, 8, 8), NUM_CLASSES, precision="fp32").sample_latents(labels, seeds, cfg)
-    mixed = Generator(model, (3, 8, 8), NUM_CLASSES, precision="bf16").sample_latents(labels, seeds, cfg)
+    exact = make_generator(model, 8, "fp32", prediction).sample_latents(labels, seeds, cfg)
+    mixed = make_generator(model, 8, "bf16", prediction).sample_latents(labels, seeds, cfg)
     assert mixed.dtype == torch.float32
     rel = float((mixed - exact).norm() / exact.norm())
     assert 0 < rel < 1e-2  # bf16 did run (not bit-identical), and the final state stays close

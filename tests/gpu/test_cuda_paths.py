@@ -7,11 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from irepa.data import to_unit_float
+from irepa.codecs import PixelCodec, unit_images
 from irepa.data.transforms import to_chw_float
 from irepa.diffusion.samplers import SamplerConfig
 from irepa.evaluate.features import FeatureExtractor
 from irepa.models import create_model
+from irepa.objectives import ObjectiveConfig, build_objective
 from irepa.precision import no_tf32, tf32_enabled
 from irepa.sample.pipeline import Generator
 
@@ -31,7 +32,7 @@ def tf32_allowed():
 
 def random_sit() -> nn.Module:
     torch.manual_seed(0)
-    model = create_model("SiT-B/2", input_size=32, in_channels=4, num_classes=NUM_CLASSES)
+    model = create_model("SiT-B/2", input_size=32, in_channels=3, num_classes=NUM_CLASSES)
     with torch.no_grad():  # DiT initialisation zeroes the output and modulation layers: give them weights
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
@@ -43,8 +44,9 @@ def test_bf16_sampling_stays_close_to_fp32(kind, steps):
     model = random_sit()
     cfg = SamplerConfig(kind=kind, steps=steps, cfg_scale=1.8, guidance_high=0.7)
     labels, seeds = torch.arange(8) % NUM_CLASSES, list(range(100, 108))
-    exact = Generator(model, (4, 32, 32), NUM_CLASSES, precision="fp32").sample_latents(labels, seeds, cfg)
-    generator = Generator(model, (4, 32, 32), NUM_CLASSES)
+    objective = build_objective(ObjectiveConfig(), NUM_CLASSES)
+    exact = Generator(model, objective, PixelCodec(3), 32, precision="fp32").sample_latents(labels, seeds, cfg)
+    generator = Generator(model, objective, PixelCodec(3), 32)
     assert generator.precision == "bf16"  # the default on CUDA
     mixed = generator.sample_latents(labels, seeds, cfg)
     assert mixed.dtype == torch.float32 and torch.isfinite(mixed).all()
@@ -93,9 +95,9 @@ def test_uint8_batches_become_the_same_floats_on_the_gpu():
     pictures = [picture] + [rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8) for _ in range(7)]
     dataset_side = torch.stack([to_chw_float(p) for p in pictures])
     batch = torch.stack([torch.from_numpy(p).permute(2, 0, 1) for p in pictures]).pin_memory()
-    on_gpu = to_unit_float(batch, DEVICE)
+    on_gpu = unit_images(batch, DEVICE)
     assert on_gpu.device.type == "cuda" and on_gpu.dtype == torch.float32
     torch.cuda.synchronize()
     assert torch.equal(on_gpu.cpu().view(torch.int32), dataset_side.view(torch.int32))  # every bit
     floats = torch.rand(2, 3, 8, 8)
-    assert torch.equal(to_unit_float(floats, DEVICE).cpu(), floats)
+    assert torch.equal(unit_images(floats, DEVICE).cpu(), floats)

@@ -9,7 +9,7 @@ from .latent_cache import CacheMismatchError
 from .latents import LatentDataset
 from .loader import StepLoader, make_loader
 from .prepare import prepare_latents
-from .transforms import center_crop_arr, to_unit_float
+from .transforms import center_crop_arr
 
 __all__ = [
     "DataConfig",
@@ -27,6 +27,5 @@ __all__ = [
     "denormalize_latents",
     "prepare_latents",
     "center_crop_arr",
-    "to_unit_float",
     "IMAGE_MODES",
 ]

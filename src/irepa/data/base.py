@@ -74,7 +74,7 @@ class ImageDataset(Dataset):
     ``image_mode`` says what ``"image"`` holds: ``"float"`` (default) float32 ``(3, R, R)`` in
     [0, 1]; ``"uint8"`` the source's uint8 ``(3, R, R)`` pixels when it has them (a quarter of the
     bytes through worker memory and to the GPU; sources of float pixels still give float32), made
-    float on the device by :func:`irepa.data.transforms.to_unit_float`; ``"none"`` no image at all:
+    float on the device by :func:`irepa.codecs.unit_images`; ``"none"`` no image at all:
     nothing is decoded and items hold only the label, index, flip and extras such as cached latents.
     """
 

@@ -1,4 +1,4 @@
-"""Pixel transforms shared by the datasets: ADM centre crop, small-image fitting, flips, tensors, uint8 -> float."""
+"""Pixel transforms shared by the datasets: ADM centre crop, small-image fitting, flips, tensors."""
 
 from __future__ import annotations
 
@@ -81,33 +81,6 @@ def to_chw_float(pixels: np.ndarray) -> torch.Tensor:
     if tensor.dtype == torch.uint8:
         return tensor.float().div_(255.0)
     return tensor.float().contiguous()
-
-
-_UNIT_VALUES: dict[torch.device, torch.Tensor] = {}
-
-
-def _unit_values(device: torch.device) -> torch.Tensor:
-    """``v / 255`` for ``v = 0..255`` as float32, computed once on the CPU exactly as :func:`to_chw_float` does."""
-    if device not in _UNIT_VALUES:
-        _UNIT_VALUES[device] = torch.arange(256, dtype=torch.float32).div_(255.0).to(device)
-    return _UNIT_VALUES[device]
-
-
-def to_unit_float(images: torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
-    """A batch of images as float32 in ``[0, 1]`` on ``device`` (default: where they are).
-
-    uint8 images (0..255, e.g. from a dataset with ``image_mode="uint8"``) are moved first, so a
-    quarter of the bytes crosses to the GPU, then mapped to float through a table of ``v / 255``:
-    bit-identical to the dataset-side conversion on any device (CUDA divides by a scalar as a
-    multiplication by its reciprocal, which differs in the last bit for half the values).
-    Float images are returned as float32, values untouched.
-    """
-    if device is not None:
-        device = torch.device(device)
-        images = images.to(device, non_blocking=device.type == "cuda")  # async only host -> GPU
-    if images.dtype == torch.uint8:
-        return _unit_values(images.device)[images.int()]
-    return images.float()
 
 
 def hflip_hwc(pixels: np.ndarray) -> np.ndarray:
