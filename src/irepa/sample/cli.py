@@ -31,7 +31,7 @@ def _int_list(text: str) -> list[int]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sample", help="sample images from a checkpoint (a quick grid or a sharded 50K batch)",
-        description="Sample i gets seed seed + i and a label drawn from (seed, i) (or class i %% num_classes with "
+        description="Sample i gets seed seed + i and a label drawn from (seed, i) (or class i % num_classes with "
                     "--labels balanced); the work is split evenly over every process of an accelerate/torchrun "
                     "launch, resumable, merged into samples_<N>.npz.",
     )
