@@ -288,3 +288,22 @@ def test_every_item_maps_to_its_cache_row_through_the_loader(reference, monkeypa
     for moments, idx, flipped in zip(batch["moments"], batch["index"], batch["flipped"]):
         expected = rows["moments_flip" if flipped else "moments"][int(idx)]
         np.testing.assert_array_equal(moments.numpy(), expected)
+
+
+def test_latent_items_without_images_decode_nothing(reference, monkeypatch):
+    from irepa.codecs import unit_images
+    from irepa.data import folder
+
+    cfg = DataConfig(source="latents", path=str(reference), resolution=RES)
+    plain, raw = build_dataset(cfg), build_dataset(cfg, image_mode="uint8")
+    expected = [plain[SampleKey(i, i % 2 == 1)] for i in range(len(plain))]
+    for i, want in enumerate(expected):
+        got = raw[SampleKey(i, i % 2 == 1)]
+        assert got["image"].dtype == torch.uint8 and torch.equal(unit_images(got["image"]), want["image"])
+    monkeypatch.setattr(folder, "load_image_file", lambda *a: pytest.fail("an image was decoded"))
+    bare = build_dataset(cfg, image_mode="none")
+    for i, want in enumerate(expected):
+        got = bare[SampleKey(i, i % 2 == 1)]
+        assert "image" not in got and sorted(got) == sorted(k for k in want if k != "image")
+        for name in ("moments", "label", "index", "flipped"):
+            assert torch.equal(got[name], want[name])

@@ -2,7 +2,7 @@
 
 from irepa.codecs.latent import denormalize_latents, normalize_latents, sample_posterior
 
-from .base import CorruptImageError, ImageDataset, SampleKey
+from .base import IMAGE_MODES, CorruptImageError, ImageDataset, SampleKey
 from .build import build_dataset
 from .config import SOURCES, DataConfig
 from .latent_cache import CacheMismatchError
@@ -27,4 +27,5 @@ __all__ = [
     "denormalize_latents",
     "prepare_latents",
     "center_crop_arr",
+    "IMAGE_MODES",
 ]

@@ -11,9 +11,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .transforms import center_crop_arr, hflip_hwc, to_chw_float
+from irepa.errors import ConfigError
+
+from .transforms import center_crop_arr, hflip_hwc, to_chw_float, to_chw_tensor
 
 log = logging.getLogger(__name__)
+
+# What items carry as "image": float32 in [0, 1] (the default), the source's uint8 when it has one, or nothing.
+IMAGE_MODES = ("float", "uint8", "none")
 
 # What PIL raises on unreadable, truncated or hostile files.
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError)
@@ -65,12 +70,21 @@ class ImageDataset(Dataset):
     "flipped", ...}``; a plain ``int`` key means no flip. With ``on_corrupt="skip"`` an unreadable
     item is logged and replaced by the next readable one (deterministically, so batches keep
     their size and resumed runs see the same data); with ``"fail"`` it raises.
+
+    ``image_mode`` says what ``"image"`` holds: ``"float"`` (default) float32 ``(3, R, R)`` in
+    [0, 1]; ``"uint8"`` the source's uint8 ``(3, R, R)`` pixels when it has them (a quarter of the
+    bytes through worker memory and to the GPU; sources of float pixels still give float32), made
+    float on the device by :func:`irepa.codecs.unit_images`; ``"none"`` no image at all:
+    nothing is decoded and items hold only the label, index, flip and extras such as cached latents.
     """
 
     num_classes: int
     resolution: int
 
-    def __init__(self, resolution: int, flip: bool = True, on_corrupt: str = "skip"):
+    def __init__(self, resolution: int, flip: bool = True, on_corrupt: str = "skip", image_mode: str = "float"):
+        if image_mode not in IMAGE_MODES:
+            raise ConfigError(f"unknown image_mode {image_mode!r}; valid: {', '.join(IMAGE_MODES)}")
+        self.image_mode = image_mode
         self.resolution = int(resolution)
         self.flip = bool(flip)
         self.on_corrupt = on_corrupt
@@ -104,15 +118,17 @@ class ImageDataset(Dataset):
     def item(self, index: int, flip: bool) -> dict[str, torch.Tensor]:
         """The item dict for one index, without any corrupt-file substitution."""
         flip = flip and self.flip
-        pixels, label = self.load(index)
-        if flip:
-            pixels = hflip_hwc(pixels)
-        out = {
-            "image": to_chw_float(pixels),
-            "label": torch.tensor(label, dtype=torch.int64),
-            "index": torch.tensor(index, dtype=torch.int64),
-            "flipped": torch.tensor(flip),
-        }
+        out: dict[str, torch.Tensor] = {}
+        if self.image_mode == "none":
+            label = self.label(index)
+        else:
+            pixels, label = self.load(index)
+            if flip:
+                pixels = hflip_hwc(pixels)
+            out["image"] = to_chw_float(pixels) if self.image_mode == "float" else to_chw_tensor(pixels)
+        out["label"] = torch.tensor(label, dtype=torch.int64)
+        out["index"] = torch.tensor(index, dtype=torch.int64)
+        out["flipped"] = torch.tensor(flip)
         out.update(self.extra(index, flip))
         return out
 

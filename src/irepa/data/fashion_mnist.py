@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import ImageDataset
-from .transforms import fit_small_image
+from .transforms import fit_small_image, pad_small_image
 
 log = logging.getLogger(__name__)
 
@@ -169,8 +169,9 @@ class FashionMNISTDataset(ImageDataset):
         on_corrupt: str = "skip",
         num_classes: int | None = None,
         limit: int | None = None,
+        image_mode: str = "float",
     ):
-        super().__init__(resolution, flip, on_corrupt)
+        super().__init__(resolution, flip, on_corrupt, image_mode)
         if num_classes is not None and num_classes != len(CLASSES):
             raise ValueError(f"Fashion-MNIST has {len(CLASSES)} classes, not num_classes={num_classes}")
         images, labels = read_fashion_mnist(root, split)
@@ -186,7 +187,9 @@ class FashionMNISTDataset(ImageDataset):
         return len(self.labels)
 
     def load_pixels(self, index: int) -> np.ndarray:
-        return fit_small_image(self.images[index], self.resolution)
+        """uint8 where no resampling is needed (28, 30, 32 px), float32 in [0, 1] otherwise."""
+        padded = pad_small_image(self.images[index], self.resolution)
+        return padded if padded is not None else fit_small_image(self.images[index], self.resolution)
 
     def label(self, index: int) -> int:
         return int(self.labels[index])

@@ -91,8 +91,9 @@ class ImageFolderDataset(ImageDataset):
         limit: int | None = None,
         verify: bool = False,
         num_workers: int = 1,
+        image_mode: str = "float",
     ):
-        super().__init__(resolution, flip, on_corrupt)
+        super().__init__(resolution, flip, on_corrupt, image_mode)
         self.root = resolve_folder_root(path, split)
         files, labels, self.classes = list_image_folder(self.root)
         if num_classes is not None and num_classes != len(self.classes):

@@ -86,8 +86,9 @@ class HFImageDataset(ImageDataset):
         limit: int | None = None,
         image_key: str | None = None,
         label_key: str | None = None,
+        image_mode: str = "float",
     ):
-        super().__init__(resolution, flip, on_corrupt)
+        super().__init__(resolution, flip, on_corrupt, image_mode)
         self.name, self.split = path, split
         self.ds = open_hf_dataset(path, split)
         columns = list(self.ds.column_names)
@@ -103,6 +104,7 @@ class HFImageDataset(ImageDataset):
             raise ValueError(f"{path} declares {declared} classes but num_classes={num_classes}")
         self.num_classes = int(num_classes if num_classes is not None else declared)
         self.size = min(len(self.ds), limit) if limit is not None else len(self.ds)
+        self._label_view: Any = None
 
     def __len__(self) -> int:
         return self.size
@@ -110,12 +112,16 @@ class HFImageDataset(ImageDataset):
     def _row(self, index: int) -> dict[str, Any]:
         return self.ds[int(index)]
 
+    def _checked_label(self, index: int, value: Any) -> int:
+        label = int(value)
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"{self.describe(index)}: label {label} outside [0, {self.num_classes})")
+        return label
+
     def load(self, index: int) -> tuple[np.ndarray, int]:
         """One row read gives both the picture and the label."""
         row = self._row(index)
-        label = int(row[self.label_key])
-        if not 0 <= label < self.num_classes:
-            raise ValueError(f"{self.describe(index)}: label {label} outside [0, {self.num_classes})")
+        label = self._checked_label(index, row[self.label_key])
         try:
             image = to_pil(row[self.image_key])
             image.load()
@@ -127,7 +133,11 @@ class HFImageDataset(ImageDataset):
         return self.load(index)[0]
 
     def label(self, index: int) -> int:
-        return self.load(index)[1]
+        """The label alone, read from a label-only view of the rows (no image is decoded)."""
+        if self._label_view is None:
+            select = getattr(self.ds, "select_columns", None)
+            self._label_view = select([self.label_key]) if select is not None else self.ds
+        return self._checked_label(index, self._label_view[int(index)][self.label_key])
 
     def describe(self, index: int) -> str:
         return f"{self.name}[{self.split}] #{index}"

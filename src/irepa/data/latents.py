@@ -17,6 +17,7 @@ from .vae import vae_id
 class LatentDataset(ImageDataset):
     """Items ``{"image", "label", "moments", ...}``; a flipped key gives the mirrored image and the
     cached moments of the mirrored image (so encoder targets and latents see the same flip).
+    With ``image_mode="none"`` no image is read: runs without an encoder need only moments and label.
 
     The cache must match the images: same item count and fingerprint (file list), and, when
     given, the same ``resolution`` and ``vae``; otherwise ``CacheMismatchError`` says what differs.
@@ -32,6 +33,7 @@ class LatentDataset(ImageDataset):
         limit: int | None = None,
         vae: str | None = None,
         num_classes: int | None = None,
+        image_mode: str = "float",
     ):
         self.cache = LatentCache(cache_dir)
         index = self.cache.index
@@ -43,7 +45,7 @@ class LatentDataset(ImageDataset):
             )
         if vae is not None and vae_id(vae) != index["vae"]:
             raise CacheMismatchError(f"{where} was encoded with VAE {index['vae']!r}, not {vae_id(vae)!r}")
-        super().__init__(index["resolution"], flip, on_corrupt)
+        super().__init__(index["resolution"], flip, on_corrupt, image_mode)
         record: dict[str, Any] = dict(index["source"])
         if image_root is not None:
             record["path"] = image_root
@@ -76,6 +78,9 @@ class LatentDataset(ImageDataset):
 
     def load(self, index: int) -> tuple[np.ndarray, int]:
         return self.base.load(int(self.items[index]))
+
+    def label(self, index: int) -> int:
+        return self.base.label(int(self.items[index]))
 
     def extra(self, index: int, flip: bool) -> dict[str, torch.Tensor]:
         return {"moments": torch.from_numpy(self.cache.moments(int(self.items[index]), flip))}

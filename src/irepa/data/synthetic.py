@@ -67,8 +67,9 @@ class SyntheticShapes(ImageDataset):
         seed: int = 0,
         flip: bool = True,
         limit: int | None = None,
+        image_mode: str = "float",
     ):
-        super().__init__(resolution, flip, on_corrupt="fail")
+        super().__init__(resolution, flip, on_corrupt="fail", image_mode=image_mode)
         num_classes = DEFAULT_CLASSES if num_classes is None else num_classes
         if not 1 <= num_classes <= MAX_CLASSES:
             raise ValueError(

@@ -28,31 +28,51 @@ def center_crop_arr(image: Image.Image, resolution: int) -> np.ndarray:
     return np.array(pixels[top : top + resolution, left : left + resolution])  # owned, writable
 
 
-def fit_small_image(gray: np.ndarray, resolution: int) -> np.ndarray:
-    """Fit a small grayscale uint8 ``(h, w)`` image to ``(R, R, 3)`` float32 in ``[0, 1]``.
-
-    ``R == h``: unchanged. ``R - h`` even and ``0 < R - h <= 4`` (28 -> 30 or 32): zero padding
-    on every side, the classic way to feed 28-px digits to a /2-/4-friendly 32-px model without
-    resampling. Otherwise: bilinear resize (antialiased when shrinking). Grey is repeated to RGB.
-    """
+def _check_square(gray: np.ndarray) -> None:
     h, w = gray.shape
     if h != w:
         raise ValueError(f"expected a square image, got {h}x{w}")
+
+
+def pad_small_image(gray: np.ndarray, resolution: int) -> np.ndarray | None:
+    """A small grayscale uint8 ``(h, h)`` image as uint8 ``(R, R, 3)`` when no resampling is needed, else None.
+
+    ``R == h``: unchanged; ``R - h`` even and ``0 < R - h <= 4`` (28 -> 30 or 32): a zero border on
+    every side, the classic way to feed 28-px digits to a /2-/4-friendly 32-px model. Grey is
+    repeated to RGB.
+    """
+    _check_square(gray)
+    pad = resolution - gray.shape[0]
+    if not (pad == 0 or (0 < pad <= 4 and pad % 2 == 0)):
+        return None
+    padded = np.pad(np.asarray(gray, dtype=np.uint8), pad // 2)
+    return np.repeat(padded[..., None], 3, axis=2)
+
+
+def fit_small_image(gray: np.ndarray, resolution: int) -> np.ndarray:
+    """Fit a small grayscale uint8 ``(h, w)`` image to ``(R, R, 3)`` float32 in ``[0, 1]``.
+
+    Sizes :func:`pad_small_image` handles are zero-padded without resampling; any other size is
+    resized bilinearly (antialiased when shrinking). Grey is repeated to RGB.
+    """
+    padded = pad_small_image(gray, resolution)
+    if padded is not None:
+        return torch.from_numpy(padded).float().div_(255.0).numpy()
     img = torch.from_numpy(np.ascontiguousarray(gray)).float().div_(255.0)
-    pad = resolution - h
-    if pad == 0:
-        out = img
-    elif 0 < pad <= 4 and pad % 2 == 0:
-        out = F.pad(img, (pad // 2,) * 4)
-    else:
-        out = F.interpolate(
-            img[None, None],
-            size=(resolution, resolution),
-            mode="bilinear",
-            align_corners=False,
-            antialias=resolution < h,
-        )[0, 0].clamp_(0.0, 1.0)
+    out = F.interpolate(
+        img[None, None],
+        size=(resolution, resolution),
+        mode="bilinear",
+        align_corners=False,
+        antialias=resolution < gray.shape[0],
+    )[0, 0].clamp_(0.0, 1.0)
     return out[..., None].expand(-1, -1, 3).numpy()
+
+
+def to_chw_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` array -> ``(3, H, W)`` tensor: uint8 stays uint8 (0..255), anything else float32."""
+    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+    return tensor.contiguous() if tensor.dtype == torch.uint8 else tensor.float().contiguous()
 
 
 def to_chw_float(pixels: np.ndarray) -> torch.Tensor:

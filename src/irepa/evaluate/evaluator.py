@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from irepa.precision import no_tf32
+
 from .features import FeatureExtractor
 from .frechet import FrechetDistanceError, frechet_distance_details, gaussian_stats
 from .inception_score import inception_score, probabilities_from_logits
@@ -186,8 +188,9 @@ class Evaluator:
                 f"k-NN manifolds need more than k={self.nearest_k} points in each set")
         else:
             device = ex.device if ex.device.type != "meta" else torch.device("cpu")
-            p, r = precision_recall(ref.features, samples.pool, self.nearest_k, self.pr_batch_size, device,
-                                    progress=self.progress)
+            with no_tf32():  # k-NN radii from float32 distances, as on a CPU
+                p, r = precision_recall(ref.features, samples.pool, self.nearest_k, self.pr_batch_size, device,
+                                        progress=self.progress)
             result["metrics"]["precision"], result["metrics"]["recall"] = p, r
         return result
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from irepa.precision import no_tf32
+
 FEATURE_KINDS = ("pool", "spatial", "logits")
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
@@ -59,9 +61,16 @@ class FeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features of uint8 ``(B, H, W, 3)`` images, computed in full float32 on any device.
+
+        TF32 and autocast are off inside (and the caller's settings restored after): reference
+        statistics are computed in float32, often on a CPU, and TF32 convolutions (cuDNN's default)
+        would shift the features and so the FID.
+        """
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"extractors take uint8 (B, H, W, 3) images, got {images.dtype} {tuple(images.shape)}")
-        out = self.extract(images)
+        with no_tf32(), torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            out = self.extract(images)
         unknown = set(out) - set(FEATURE_KINDS)
         if unknown:
             raise RuntimeError(f"{self.name} returned unknown feature kinds {sorted(unknown)}")

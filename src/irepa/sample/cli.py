@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from irepa.diffusion.samplers import SAMPLERS, SamplerConfig
+from irepa.precision import AUTO, PRECISIONS
+from irepa.sample.labels import LABEL_MODES
 
 DEFAULT_SHARD_SIZE = 256
 AUTO_GRID_MAX_SAMPLES = 256  # below this many samples a grid is always saved
@@ -29,8 +31,9 @@ def _int_list(text: str) -> list[int]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sample", help="sample images from a checkpoint (a quick grid or a sharded 50K batch)",
-        description="Class-balanced sampling (sample i gets class i %% num_classes and seed seed + i), sharded "
-                    "over every process of an accelerate/torchrun launch, resumable, merged into samples_<N>.npz.",
+        description="Sample i gets seed seed + i and a label drawn from (seed, i) (or class i % num_classes with "
+                    "--labels balanced); the work is split evenly over every process of an accelerate/torchrun "
+                    "launch, resumable, merged into samples_<N>.npz.",
     )
     p.add_argument("--ckpt", required=True, help="training checkpoint (step_*.pt) or a run folder (latest step)")
     p.add_argument("--num-samples", type=int, default=50_000, help="how many images (default 50000)")
@@ -43,27 +46,44 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance-high", type=float, default=1.0, help="guidance interval end (t in [0, 1])")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--vae", default=None, help="override the VAE named in the checkpoint (path or id)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (>= 0)")
+    p.add_argument("--precision", choices=(AUTO, *PRECISIONS), default=AUTO,
+                   help="precision of the model call (the integrator stays float32); auto: bf16 on CUDA, "
+                        "fp32 on CPU")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass, per process")
     p.add_argument("--shard-size", type=int, default=None,
                    help=f"images per resumable shard file (default {DEFAULT_SHARD_SIZE}; fixed once a run started)")
+    p.add_argument("--labels", choices=LABEL_MODES, default="random",
+                   help="random: each sample's class drawn uniformly from (seed, index), as the reference "
+                        "evaluation does; balanced: class i %% num_classes (default random)")
     p.add_argument("--classes", type=_int_list, default=None,
-                   help="cycle over these classes only, e.g. 207,360,387 (default: all classes)")
+                   help="use these classes only, e.g. 207,360,387 (default: all classes)")
     p.add_argument("--unconditional", action="store_true", help="sample with the null label")
     p.add_argument("--grid", type=int, default=None, metavar="N",
                    help=f"also save a PNG grid with up to N images per class row (always saved, with "
                         f"{AUTO_GRID_PER_CLASS} per row, when num-samples <= {AUTO_GRID_MAX_SAMPLES})")
+    p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
+                   help="how long the main process waits for a new image from the other processes before "
+                        "giving up (default: the longer of 30 min and 4 shards' worth of its own sampling time)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run_sample)
 
 
-def default_out_dir(ckpt: str | Path, cfg: SamplerConfig, use_ema: bool, seed: int) -> Path:
+def default_out_dir(ckpt: str | Path, cfg: SamplerConfig, use_ema: bool, seed: int, label_mode: str = "balanced",
+                    precision: str = "fp32") -> Path:
+    """``<ckpt folder>/samples/<name>-<settings>``; balanced labels and fp32 add no suffix (the names
+    runs had before those options existed), so such runs are found and resumed."""
     ckpt = Path(ckpt)
     name, base = (ckpt.stem, ckpt.parent) if ckpt.suffix else (ckpt.name, ckpt)
     tag = f"{cfg.kind}{cfg.steps}-cfg{cfg.cfg_scale:g}"
     if cfg.cfg_scale != 1.0:
         tag += f"-int{cfg.guidance_low:g}-{cfg.guidance_high:g}"
-    return base / "samples" / f"{name}-{tag}-{'ema' if use_ema else 'raw'}-seed{seed}"
+    tag += f"-{'ema' if use_ema else 'raw'}-seed{seed}"
+    if label_mode != "balanced":
+        tag += f"-{label_mode}-labels"
+    if precision != "fp32":
+        tag += f"-{precision}"
+    return base / "samples" / f"{name}-{tag}"
 
 
 def sampling_settings(generator: Any, cfg: SamplerConfig, batch_size: int, num_processes: int) -> dict[str, Any]:
@@ -81,6 +101,7 @@ def sampling_settings(generator: Any, cfg: SamplerConfig, batch_size: int, num_p
         "vae": info.get("vae"),
         "space": info.get("space"),
         "sampler": asdict(cfg),
+        "precision": generator.precision,
         "image_size": int(generator.image_size),
         "latent_shape": list(generator.latent_shape),
         "num_classes": int(generator.num_classes),
@@ -117,15 +138,17 @@ def run_sample(args: argparse.Namespace) -> int:
         raise SystemExit("--grid must be >= 1")
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only machines still shard over processes
     use_ema = not args.no_ema
-    generator = load_generator(args.ckpt, use_ema=use_ema, device=state.device, vae=args.vae)
+    generator = load_generator(args.ckpt, use_ema=use_ema, device=state.device, vae=args.vae,
+                               precision=args.precision)
     ckpt_file = generator.info.get("checkpoint") or args.ckpt  # a run folder resolves to its latest step
-    out = Path(args.out) if args.out else default_out_dir(ckpt_file, cfg, use_ema, args.seed)
+    out = Path(args.out) if args.out else default_out_dir(ckpt_file, cfg, use_ema, args.seed, args.labels,
+                                                          generator.precision)
     shard_size = args.shard_size
     if shard_size is None:  # keep the layout of a run being resumed
         run_file = out / RUN_FILE
         shard_size = json.loads(run_file.read_text())["shard_size"] if run_file.is_file() else DEFAULT_SHARD_SIZE
     classes = resolve_classes(generator.num_classes, args.classes, args.unconditional)
-    plan = SamplingPlan(args.num_samples, classes, args.seed, shard_size)
+    plan = SamplingPlan(args.num_samples, classes, args.seed, shard_size, args.labels)
     settings = sampling_settings(generator, cfg, args.batch_size, state.num_processes)
 
     def generate(labels, seeds):
@@ -133,7 +156,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
     result = run_sampling(generate, plan, out, settings, rank=state.process_index,
                           world_size=state.num_processes, batch_size=args.batch_size,
-                          barrier=state.wait_for_everyone, progress=not args.no_progress)
+                          barrier=state.wait_for_everyone, progress=not args.no_progress,
+                          wait_timeout=args.wait_timeout)
     if result.samples is None:
         return 0
     print(f"wrote {result.samples} ({args.num_samples} images) and {result.samples.with_suffix('.json').name}")

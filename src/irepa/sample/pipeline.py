@@ -13,6 +13,7 @@ from irepa.codecs import Codec, codec_from_checkpoint, to_uint8
 from irepa.config import RunConfig, config_from_checkpoint, with_defaults
 from irepa.diffusion.samplers import SamplerConfig, per_sample_noise, sample
 from irepa.objectives import Objective, build_objective
+from irepa.precision import AUTO, autocast_model, resolve_precision
 
 __all__ = ["Generator", "load_generator", "build_model_from_config", "make_grid", "save_png", "to_uint8"]
 
@@ -21,7 +22,9 @@ class Generator:
     """Samples images for given labels; each sample's randomness comes only from its own seed.
 
     ``model`` is the (EMA) backbone, ``objective`` turns it into the field the sampler integrates,
-    and ``codec`` decodes model-space samples to pixels.
+    and ``codec`` decodes model-space samples to pixels. ``precision`` (``auto``, ``fp32``, ``bf16``,
+    ``fp16``) applies to the model call only (see :func:`irepa.precision.autocast_model`): the state,
+    the times and the objective's arithmetic stay float32. ``auto`` is bf16 on CUDA, fp32 elsewhere.
     """
 
     def __init__(
@@ -31,6 +34,7 @@ class Generator:
         codec: Codec,
         input_size: int,
         info: dict[str, Any] | None = None,
+        precision: str = AUTO,
     ):
         self.model = model.eval()
         self.objective = objective
@@ -39,10 +43,17 @@ class Generator:
         self.latent_shape = (codec.channels, input_size, input_size)
         self.image_size = input_size * codec.factor
         self.info = dict(info or {})
+        resolve_precision(precision, "cpu")  # refuse an unknown name now, not at the first batch
+        self.requested_precision = precision
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def precision(self) -> str:
+        """The precision of the model call on the model's current device."""
+        return resolve_precision(self.requested_precision, self.device)
 
     @torch.no_grad()
     def sample_latents(
@@ -58,12 +69,12 @@ class Generator:
         if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
             raise ValueError(f"labels must be in [0, {self.num_classes}] ({self.num_classes} = unconditional)")
         self.objective.check_sampler(sampler.kind)
-        dtype = next(self.model.parameters()).dtype
+        state_dtype = torch.promote_types(next(self.model.parameters()).dtype, torch.float32)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        noise = per_sample_noise((len(seeds), *self.latent_shape), generators, self.device, dtype)
+        noise = per_sample_noise((len(seeds), *self.latent_shape), generators, self.device, state_dtype)
         if self.objective.cfg.noise_scale != 1.0:
             noise = noise * self.objective.cfg.noise_scale
-        field = self.objective.field(self.model)
+        field = self.objective.field(autocast_model(self.model, self.precision))
         return sample(field, noise, labels.to(self.device), sampler, self.num_classes, generators, progress)
 
     @torch.no_grad()
@@ -87,7 +98,8 @@ def build_model_from_config(cfg: dict[str, Any]) -> nn.Module:
 
 
 def load_generator(
-    ckpt_path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu", vae: str | None = None
+    ckpt_path: str | Path, use_ema: bool = True, device: str | torch.device = "cpu", vae: str | None = None,
+    precision: str = AUTO,
 ) -> Generator:
     """Rebuild a training checkpoint's model (EMA weights by default), its objective and its codec."""
     from irepa.train.checkpoint import load_checkpoint
@@ -110,7 +122,7 @@ def load_generator(
         "vae": getattr(codec, "vae_name", None),
         "space": "latent" if codec.kind != "pixels" else "pixel",
     }
-    return Generator(model, objective, codec, cfg.model.input_size, info)
+    return Generator(model, objective, codec, cfg.model.input_size, info, precision)
 
 
 def make_grid(images: torch.Tensor, nrow: int, pad: int = 2) -> torch.Tensor:
