@@ -161,7 +161,9 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
         _check_resumable(ckpt, cfg)
 
     # ---- data, codec, objective
-    dataset = build_dataset(cfg.data) if dataset is None else dataset
+    if dataset is None:  # latents without encoders need no pixels; pixels travel as uint8 where the source has them
+        needs_images = cfg.data.source != "latents" or (cfg.align.enabled and bool(cfg.align.encoders))
+        dataset = build_dataset(cfg.data, image_mode="uint8" if needs_images else "none")
     ds_classes = getattr(dataset, "num_classes", None)
     if ds_classes is not None and ds_classes > cfg.model.num_classes:
         raise ConfigError(f"the dataset has {ds_classes} classes but model.num_classes is {cfg.model.num_classes}")
