@@ -17,6 +17,8 @@ import yaml
 
 from irepa.data.config import DataConfig
 from irepa.diffusion.samplers import SamplerConfig
+from irepa.errors import ConfigError
+from irepa.utils.io import atomic_write_text
 
 
 @dataclass
@@ -131,7 +133,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return from_dict(tp, value, where)
     origin = typing.get_origin(tp)
     if origin is list:
@@ -151,13 +153,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
                 return True
             if value.lower() in ("0", "false", "no", "off"):
                 return False
-            raise ValueError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
         return bool(value)
     if tp in (int, float, str):
         try:
             return tp(value)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}") from err
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from err
     return value
 
 
@@ -165,7 +167,10 @@ def _encoder_entry_from(value: Any) -> Any:
     """Accept ``name`` or ``name:coeff`` strings as encoder entries."""
     if isinstance(value, str):
         name, _, coeff = value.partition(":")
-        return {"name": name, "coeff": float(coeff) if coeff else None}
+        try:
+            return {"name": name, "coeff": float(coeff) if coeff else None}
+        except ValueError:
+            raise ConfigError(f"align.encoders: {value!r} should be name or name:coefficient") from None
     return value
 
 
@@ -175,12 +180,12 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     valid = {f.name for f in fields(cls)}
     unknown = set(data) - valid
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(valid)}")
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; valid: {sorted(valid)}")
     kwargs = {}
     for key, value in data.items():
         if cls is AlignSection and key == "encoders":
             value = [_encoder_entry_from(v) for v in (value.split(",") if isinstance(value, str) else value)]
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
     return cls(**kwargs)
 
 
@@ -213,30 +218,31 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+            raise ConfigError(
+                f"config file {path} does not exist", fix="pass an existing YAML file, e.g. configs/irepa.yaml"
+            )
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is not valid YAML ({' '.join(str(err).split())})") from err
         if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: the top level must be a mapping of sections")
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
         data = _merge(data, loaded)
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
             if not isinstance(node.get(p), dict):
-                raise ValueError(f"unknown config key {dotted!r}")
+                raise ConfigError(f"unknown config key {dotted!r}")
             node = node[p]
         if leaf not in node:
-            raise ValueError(f"unknown config key {dotted!r}; valid here: {sorted(node)}")
+            raise ConfigError(f"unknown config key {dotted!r}; valid here: {sorted(node)}")
         node[leaf] = value
-    return from_dict(RunConfig, data)
+    return from_dict(RunConfig, data, where="")
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:

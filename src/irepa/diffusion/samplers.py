@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from irepa.errors import ConfigError
+
 from .interpolants import get_interpolant
 
 SAMPLERS = ("sde", "ode-euler", "ode-heun")
@@ -32,15 +34,15 @@ class SamplerConfig:
 
     def validate(self) -> None:
         if self.kind not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.kind!r}; valid: {', '.join(SAMPLERS)}")
+            raise ConfigError(f"unknown sampler {self.kind!r}; valid: {', '.join(SAMPLERS)}")
         if self.steps < 1:
-            raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"sampler steps must be >= 1, got {self.steps}")
         if not 0 <= self.guidance_low <= self.guidance_high <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"guidance interval must satisfy 0 <= low <= high <= 1, got [{self.guidance_low}, {self.guidance_high}]"
             )
         if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+            raise ConfigError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
         get_interpolant(self.path)
 
 

@@ -12,7 +12,6 @@ so the evaluator reports the metric as skipped instead of silently dropping it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from irepa.utils.io import file_digest
 
 FEATURE_KINDS = ("pool", "spatial", "logits")
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -31,11 +32,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = file_digest(p).sha256
     return _SHA_CACHE[key]
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,8 +27,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irepa.data.atomic import atomic_write_json, remove_stale_temps
+from irepa.errors import IrepaError
 from irepa.evaluate.npz import NpzWriter, check_images, open_npz_array, save_npz
+from irepa.utils.io import atomic_write_json, check_file, remove_stale_temps
+
+log = logging.getLogger(__name__)
 
 GenerateFn = Callable[[torch.Tensor, list[int]], Any]  # (labels (B,), seeds) -> uint8 (B, H, W, 3)
 SHARD_DIR = "shards"
@@ -96,8 +100,13 @@ def shard_path(out_dir: str | Path, start: int, stop: int) -> Path:
 
 
 def shard_complete(path: Path, start: int, stop: int) -> bool:
-    """A shard file that holds exactly the images of ``[start, stop)``."""
+    """A shard file that holds exactly the images of ``[start, stop)`` and passes its zip CRC check
+    (a damaged shard is named in a warning and made again)."""
     if not path.is_file():
+        return False
+    damage = check_file(path)
+    if damage is not None:
+        log.warning("sample shard %s is damaged (%s): generating it again", path, damage)
         return False
     try:
         indices = open_npz_array(path, "indices")
@@ -151,8 +160,8 @@ def merge_shards(plan: SamplingPlan, out_dir: str | Path, progress: bool = True)
     missing = [f"[{s}, {e})" for s, e in shards if not shard_complete(shard_path(out_dir, s, e), s, e)]
     if missing:
         more = ", ..." if len(missing) > 5 else ""
-        raise RuntimeError(f"{len(missing)} shard(s) not finished: {', '.join(missing[:5])}{more}; run sampling "
-                           "again to complete them")
+        raise IrepaError(f"{len(missing)} shard(s) not finished: {', '.join(missing[:5])}{more}",
+                         fix="run the same sampling command again to complete them")
     first = open_npz_array(shard_path(out_dir, *shards[0]), "images")
     shape = (plan.num_samples, *first.shape[1:])
 

@@ -33,6 +33,7 @@ from .checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    resolve_resume,
     rng_state,
     set_rng_state,
 )
@@ -178,22 +179,6 @@ def _check_mixed_precision(mode: str, device: torch.device) -> None:
         raise ValueError("fp16 mixed precision needs a CUDA GPU; use bf16 or no on this device")
 
 
-def _resume_checkpoint(cfg: RunConfig, ckpt_dir: Path, resume: bool | str | None) -> Path | None:
-    existing = latest_checkpoint(ckpt_dir)
-    if not resume:
-        if existing is not None:
-            raise FileExistsError(
-                f"{ckpt_dir} already holds checkpoints (latest {existing.name}); pass --resume to continue "
-                "that run or choose another --out. Nothing was overwritten."
-            )
-        return None
-    if resume is True or resume == "auto":
-        if existing is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-        return existing
-    return Path(resume)
-
-
 def _grid_labels(cfg: RunConfig) -> torch.Tensor:
     rows = min(cfg.train.grid_classes, cfg.model.num_classes)
     classes = torch.linspace(0, cfg.model.num_classes - 1, rows).round().long()
@@ -201,7 +186,8 @@ def _grid_labels(cfg: RunConfig) -> torch.Tensor:
 
 
 def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | None = None, dataset=None) -> TrainResult:
-    """Train per ``cfg``. ``resume``: True/"auto" for the run's latest checkpoint, or a path.
+    """Train per ``cfg``. ``resume``: see :func:`irepa.train.checkpoint.resolve_resume` (True/"latest",
+    "auto" for the newest intact checkpoint, or a path).
 
     ``dataset`` replaces the one ``cfg.data`` describes (items as in :mod:`irepa.data`; an item may
     carry precomputed encoder tokens as ``target.<encoder name>``).
@@ -227,7 +213,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
 
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_path = _resume_checkpoint(cfg, ckpt_dir, resume)
+    ckpt_path = resolve_resume(ckpt_dir, resume)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
         diff = config_diff(with_defaults(ckpt["config"]), to_dict(cfg), RESUME_MUST_MATCH)
@@ -264,6 +250,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
         set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
         log.info("resumed from %s at step %d", ckpt["path"], step)
+        ckpt = None  # restored: release the loaded (memory-mapped) state
 
     train_module = torch.compile(module) if t_cfg.compile else module
     train_module, optimizer = accelerator.prepare(train_module, optimizer)
