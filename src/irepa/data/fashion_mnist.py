@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from irepa.errors import DataError
-from irepa.utils.io import atomic_write_bytes, cache_home, is_offline, offline_reason
+from irepa.utils.io import atomic_write_bytes, cache_home
 
 from .base import ImageDataset
 from .transforms import fit_small_image
@@ -138,9 +138,7 @@ def read_fashion_mnist(
     if found is None:
         target = dirs[0] if root is not None else cache_dir()
         reason = "downloading disabled"
-        if download and is_offline():
-            reason = f"{offline_reason()} (no download)"
-        elif download:
+        if download:
             try:
                 found = [_download(stem + ".gz", target) for stem in stems]
             except OSError as err:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irepa.errors import IrepaError
+from irepa.errors import CheckpointError
 from irepa.evaluate.npz import NpzWriter, check_images, open_npz_array, save_npz
 from irepa.utils.io import atomic_write_json, check_file, remove_stale_temps
 
@@ -160,8 +160,8 @@ def merge_shards(plan: SamplingPlan, out_dir: str | Path, progress: bool = True)
     missing = [f"[{s}, {e})" for s, e in shards if not shard_complete(shard_path(out_dir, s, e), s, e)]
     if missing:
         more = ", ..." if len(missing) > 5 else ""
-        raise IrepaError(f"{len(missing)} shard(s) not finished: {', '.join(missing[:5])}{more}",
-                         fix="run the same sampling command again to complete them")
+        raise CheckpointError(f"{len(missing)} shard(s) not finished: {', '.join(missing[:5])}{more}",
+                              fix="run the same sampling command again to complete them")
     first = open_npz_array(shard_path(out_dir, *shards[0]), "images")
     shape = (plan.num_samples, *first.shape[1:])
 
