@@ -16,7 +16,7 @@ import sys
 import traceback
 from collections.abc import Callable
 
-from irepa.errors import EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_OTHER, IrepaError
+from irepa.errors import EXIT_FILESYSTEM, EXIT_INTERRUPTED, EXIT_OTHER, DataError, IrepaError
 
 # command -> module with ``add_parser(subparsers)`` registering it (some modules register several)
 COMMANDS = {
@@ -113,6 +113,8 @@ def describe_error(err: BaseException) -> tuple[int, str]:
         return err.exit_code, one_line(str(err))
     if isinstance(err, OSError) and err.errno is not None:
         return EXIT_FILESYSTEM, _os_error_message(err)
+    if isinstance(err, (FileNotFoundError, NotADirectoryError)):  # raised by irepa itself about an input
+        return DataError.exit_code, one_line(str(err))
     if isinstance(err, KeyError):  # registries raise KeyError("unknown ...; valid: ...")
         return 2, one_line(err.args[0] if err.args else repr(err))
     if isinstance(err, ValueError):  # bad values the library checks and explains

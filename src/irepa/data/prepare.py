@@ -90,9 +90,9 @@ class Processes:
         state = PartialState(cpu=use_cpu)  # cpu=True lets CPU-only machines run several processes (gloo)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != state.num_processes:  # processes would write the same shards
-            raise RuntimeError(
-                f"launched as {launched} processes but accelerate sees {state.num_processes}; "
-                "check the launcher (accelerate launch / torchrun) environment"
+            raise ConfigError(
+                f"launched as {launched} processes but accelerate sees {state.num_processes}",
+                fix="check the launcher (accelerate launch / torchrun) environment",
             )
         return cls(state.process_index, state.num_processes, state.device, state.wait_for_everyone)
 
@@ -352,9 +352,9 @@ def _finalize(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
     """Check all shards, gather unreadable items, compute latent statistics, mark complete."""
     missing = [s["file"] for s in plan["shards"] if not (out / s["file"]).is_file()]
     if missing:
-        raise RuntimeError(
-            f"{len(missing)} shard(s) of {out} are not written ({', '.join(missing[:5])}...): "
-            "a process stopped early; rerun the same command to finish"
+        raise DataError(
+            f"{len(missing)} shard(s) of {out} are not written ({', '.join(missing[:5])}...): a process stopped early",
+            fix="rerun the same command to finish",
         )
     damaged = [f"{s['file']}: {r}" for s in plan["shards"] if (r := shard_damage(out / s["file"], s["count"]))]
     if damaged:
@@ -372,8 +372,9 @@ def _finalize(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
             stats.update(fh.get_tensor("moments")[valid, :channels])
         skipped += [{"index": int(i), "file": name} for i, name in read_shard_metadata(path)["skipped"]]
     if stats.count == 0:
-        raise RuntimeError(
-            f"no readable image in {plan['source']['path']}: nothing to compute statistics from"
+        raise DataError(
+            f"no readable image in {plan['source']['path']}: nothing to compute statistics from",
+            fix="check the image folder (see the warnings above for why each image was skipped)",
         )
     index = dict(plan)
     index.update(

@@ -176,7 +176,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise WeightsError(f"weights file {path} does not exist", fix="check the path, or omit it to use the cache")
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"weights file {path} should end in one of {', '.join(WEIGHT_SUFFIXES)}")
     if path.suffix == ".safetensors":
