@@ -50,7 +50,9 @@ def parse_key(key: Any) -> tuple[int, bool]:
 
 # Pixel formats that become 8-bit RGB without losing their meaning; 16-bit and float images ("I;16",
 # "I", "F") would be clipped to 0..255 by PIL and are treated like unreadable files instead.
-EIGHT_BIT_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"})
+EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
 
 
 def load_image_file(path: str, resolution: int) -> np.ndarray:
