@@ -23,7 +23,7 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from irepa.errors import ConfigError, DataError
+from irepa.errors import CheckpointError, ConfigError, DataError
 from irepa.utils.io import atomic_write_json, file_digest, remove_stale_temps
 
 from .base import CorruptImageError, ImageDataset
@@ -352,7 +352,7 @@ def _finalize(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
     """Check all shards, gather unreadable items, compute latent statistics, mark complete."""
     missing = [s["file"] for s in plan["shards"] if not (out / s["file"]).is_file()]
     if missing:
-        raise DataError(
+        raise CheckpointError(
             f"{len(missing)} shard(s) of {out} are not written ({', '.join(missing[:5])}...): a process stopped early",
             fix="rerun the same command to finish",
         )
