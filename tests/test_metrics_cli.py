@@ -237,7 +237,7 @@ def test_folder_with_masks_counts_skipped_images(tmp_path: Path, zoo: FakeZoo) -
     assert math.isfinite(float(per[0]["srss"]))
     # A missing mask is an error naming the image.
     (masks / "im2.png").unlink()
-    assert run_cli(argv) == 2
+    assert run_cli(argv) == 3  # input data
 
 
 @pytest.mark.skipif(
