@@ -9,6 +9,7 @@ problem (see ``docs/cli.md``). A traceback is printed only with ``--debug`` or `
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -139,15 +140,24 @@ def _interrupt_message(args: argparse.Namespace) -> str:
     )
 
 
+def _close_progress_bars() -> None:
+    """Finish any progress bar an error cut short, so the message starts on a line of its own."""
+    tqdm_std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm_std, "tqdm", None), "_instances", [])):
+        with contextlib.suppress(Exception):
+            bar.close()
+
+
 def run_command(args: argparse.Namespace, debug: bool = False) -> int:
     """Run ``args.func(args)`` with the one error policy; returns the exit code."""
     prefix = command_name(args)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
+        _close_progress_bars()
         if debug:
             traceback.print_exc()
-        print(f"\n{prefix}: {_interrupt_message(args)}", file=sys.stderr)
+        print(f"{prefix}: {_interrupt_message(args)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SystemExit as err:  # a command that stops itself with a message or a code
         if err.code is None or isinstance(err.code, int):
@@ -155,9 +165,12 @@ def run_command(args: argparse.Namespace, debug: bool = False) -> int:
         print(f"{prefix}: {one_line(str(err.code))}", file=sys.stderr)
         return 2
     except Exception as err:
+        _close_progress_bars()
         if debug:
             traceback.print_exc()
         code, message = describe_error(err)
+        if code == 2 and " — " not in message:  # a bad value whose message says what is accepted
+            message += f" — see `{prefix} --help`"
         print(f"{prefix}: {message}", file=sys.stderr)
         return code
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from irepa.align.normalize import NORMS
 from irepa.data.config import DataConfig
 from irepa.diffusion.samplers import SamplerConfig
 from irepa.errors import ConfigError
@@ -159,7 +160,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         try:
             return tp(value)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from err
+            example = {"int": "8", "float": "1e-4", "str": "name"}[tp.__name__]
+            fix = f"e.g. --{where} {example}"
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}", fix=fix) from err
     return value
 
 
@@ -238,7 +241,39 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         if leaf not in node:
             raise ConfigError(f"unknown config key {dotted!r}; valid here: {sorted(node)}")
         node[leaf] = value
-    return from_dict(RunConfig, data, where="")
+    cfg = from_dict(RunConfig, data, where="")
+    validate_config(cfg)
+    return cfg
+
+
+def validate_config(cfg: RunConfig) -> None:
+    """Refuse values no run can use, naming the field (``ConfigError``); cheap, before anything is built."""
+    t, m, a, d = cfg.train, cfg.model, cfg.align, cfg.diffusion
+    at_least = {
+        "train.steps": (t.steps, 1), "train.batch_size": (t.batch_size, 1), "train.grad_accum": (t.grad_accum, 1),
+        "train.log_every": (t.log_every, 1), "train.ckpt_every": (t.ckpt_every, 1),
+        "train.sample_every": (t.sample_every, 0), "train.keep_checkpoints": (t.keep_checkpoints, 0),
+        "train.grid_classes": (t.grid_classes, 1), "train.grid_per_class": (t.grid_per_class, 1),
+        "model.input_size": (m.input_size, 1), "model.in_channels": (m.in_channels, 1),
+        "model.num_classes": (m.num_classes, 1), "align.depth": (a.depth, 1), "align.coeff": (a.coeff, 0),
+        "train.weight_decay": (t.weight_decay, 0), "train.grad_clip": (t.grad_clip, 0),
+    }
+    for name, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}", fix=f"set --{name} to {low} or more")
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {t.lr}", fix="use a positive learning rate, e.g. --train.lr 1e-4")
+    if not 0 <= t.ema_decay <= 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1], got {t.ema_decay}", fix="e.g. --train.ema_decay 0.9999")
+    if not 0 <= d.label_dropout < 1:
+        raise ConfigError(f"diffusion.label_dropout must be in [0, 1), got {d.label_dropout}", fix="e.g. 0.1")
+    if t.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {t.mixed_precision!r}")
+    if a.norm not in NORMS:
+        raise ConfigError(f"align.norm must be one of {', '.join(NORMS)}, got {a.norm!r}")
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}",
+                          fix="choose a batch size that is a multiple of grad_accum")
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
@@ -317,6 +352,7 @@ __all__ = [
     "DataConfig",
     "SamplerConfig",
     "load_config",
+    "validate_config",
     "save_config",
     "to_dict",
     "from_dict",

@@ -60,11 +60,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    try:
-        spec = get_spec(args.name)
-    except KeyError as err:
-        print(err.args[0], file=sys.stderr)
-        return 2
+    spec = get_spec(args.name)  # an unknown name raises KeyError listing the valid ones
     h, w = spec.native_resolution
     lines = [
         f"name           {spec.name}",

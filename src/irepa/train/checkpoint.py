@@ -129,6 +129,8 @@ def resolve_resume(ckpt_dir: str | Path, resume: bool | str | Path | None) -> Pa
     warning about damaged newer ones; a path exactly that checkpoint (a folder: its newest).
     """
     ckpt_dir = Path(ckpt_dir)
+    for stale in io.remove_stale_temps(ckpt_dir):  # left by a run killed while writing a checkpoint
+        log.info("removed the unfinished checkpoint file %s", stale)
     existing = latest_checkpoint(ckpt_dir)
     if resume is None or resume is False:
         if existing is not None:

@@ -125,18 +125,27 @@ class AtomicFile:
     def commit(self, digest: FileDigest | None = None, synced: bool = False) -> Path:
         """fsync the temp file (unless ``synced``) and rename it over ``path``, then record its digest.
 
-        The old manifest goes first: a crash between the steps leaves a file without a manifest
-        (checked by other means), never a new file next to the old file's checksum.
+        The old manifest is moved aside first: a crash between the steps leaves a file without a
+        manifest (checked by other means), never a new file next to the old file's checksum; a
+        failed rename puts it back.
         """
+        manifest = manifest_path(self.path)
+        stash = temp_path(manifest) if manifest.exists() else None
         try:
             if not synced:
                 _fsync_file(self.tmp)
             if self.manifest and digest is None:
                 digest = file_digest(self.tmp)
-            manifest = manifest_path(self.path)
-            if manifest.exists():
-                manifest.unlink()
-            os.replace(self.tmp, self.path)
+            if stash is not None:
+                os.replace(manifest, stash)
+            try:
+                os.replace(self.tmp, self.path)
+            except OSError:
+                if stash is not None:
+                    os.replace(stash, manifest)
+                raise
+            if stash is not None:
+                stash.unlink()
             _fsync_folder(self.path.parent)
         except OSError as err:
             self.discard()
