@@ -152,3 +152,12 @@ def test_fresh_clone_commands_print_one_line(argv, tmp_path):
     assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "does-not-exist" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()  # nothing was created
+
+
+def test_debug_shows_the_traceback_as_well(tmp_path, capsys, monkeypatch):
+    assert cli("train", "--config", tmp_path / "nope.yaml", "--debug") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ConfigError" in err and err.rstrip().splitlines()[-1].startswith("irepa train:")
+    monkeypatch.setenv("IREPA_DEBUG", "1")
+    assert cli("sample", "--ckpt", tmp_path / "nope") == 5
+    assert "Traceback" in capsys.readouterr().err
