@@ -221,7 +221,7 @@ def _torch_load(path: Path, map_location: str | torch.device, mmap: bool) -> Any
     if mmap:
         try:
             return torch.load(path, map_location=map_location, weights_only=False, mmap=True)
-        except RuntimeError:  # files from torch.save's legacy format cannot be mapped
+        except (RuntimeError, TypeError):  # the legacy format cannot be mapped; torch < 2.1 has no mmap
             pass
     return torch.load(path, map_location=map_location, weights_only=False)
 
