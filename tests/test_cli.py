@@ -18,7 +18,7 @@ def test_smoke_train_then_sample(tmp_path):
         == 0
     )
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert ckpts == ["step_0000005.pt", "step_0000010.pt"]
+    assert ckpts == [f"step_00000{s}.pt{m}" for s in ("05", "10") for m in ("", ".manifest.json")]
     assert (run / "samples" / "step_0000010.png").is_file()
     assert "zscore" in (run / "config.yaml").read_text()
 
@@ -49,7 +49,7 @@ def test_smoke_train_then_sample(tmp_path):
     assert list(out.glob("*.png"))
 
     # a second train into the same folder without --resume refuses instead of overwriting
-    assert main(["train", "--config", str(CONFIGS / "irepa.yaml"), "--smoke", "--out", str(run)]) == 1
+    assert main(["train", "--config", str(CONFIGS / "irepa.yaml"), "--smoke", "--out", str(run)]) == 5
 
 
 def test_unknown_names_fail_with_the_valid_list(capsys):

@@ -19,7 +19,6 @@ from irepa.data import (
     CorruptImageError,
     DataConfig,
     SampleKey,
-    atomic,
     build_dataset,
     denormalize_latents,
     normalize_latents,
@@ -29,6 +28,7 @@ from irepa.data import (
 from irepa.data import cli as data_cli
 from irepa.data.prepare import Processes
 from irepa.data.vae import load_vae
+from irepa.utils import io as atomic
 
 torch.set_num_threads(1)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -472,14 +473,15 @@ def test_eval_command_writes_json_and_csv(tmp_path, monkeypatch):
     assert row[header.index("inception_score")] == ""  # skipped, not zero
 
 
-def test_eval_command_refuses_bad_samples(tmp_path, monkeypatch):
+def test_eval_command_refuses_bad_samples(tmp_path, monkeypatch, capsys):
     from irepa.cli import main
     from irepa.evaluate import cli as eval_cli
 
     monkeypatch.setattr(eval_cli, "build_extractor", lambda *a, **k: PoolExtractor())
     np.savez(tmp_path / "float.npz", arr_0=np.zeros((4, 8, 8, 3), np.float32))
-    with pytest.raises(ValueError, match="dtype float32.*uint8"):
-        main(["eval", "--samples", str(tmp_path / "float.npz"), "--ref", "fashion-mnist", "--no-progress"])
+    assert main(["eval", "--samples", str(tmp_path / "float.npz"), "--ref", "fashion-mnist", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert re.search("dtype float32.*uint8", err) and "Traceback" not in err
 
 
 # ----------------------------------------------------------------------------- DINOv2 features

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 import irepa.encoders
+from irepa.cli import run_command
 from irepa.encoders.base import Encoder
 from irepa.metrics import compute_metrics, srss
 from irepa.metrics.sources import skimage_image, skimage_source
@@ -75,7 +76,7 @@ def run_cli(argv: list[str]) -> int:
     metrics_cli.add_parser(sub)
     viz_cli.add_parser(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    return run_command(args)
 
 
 @pytest.fixture
@@ -236,7 +237,7 @@ def test_folder_with_masks_counts_skipped_images(tmp_path: Path, zoo: FakeZoo) -
     assert math.isfinite(float(per[0]["srss"]))
     # A missing mask is an error naming the image.
     (masks / "im2.png").unlink()
-    assert run_cli(argv) == 2
+    assert run_cli(argv) == 3  # input data
 
 
 @pytest.mark.skipif(

@@ -146,7 +146,7 @@ def test_checkpoint_write_killed_midway_leaves_previous_loadable(tmp_path, monke
     monkeypatch.undo()
     loaded = load_checkpoint(path)
     assert torch.equal(loaded["model"]["w"], torch.ones(3))
-    assert sorted(p.name for p in path.parent.iterdir()) == ["step_0000001.pt"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["step_0000001.pt", "step_0000001.pt.manifest.json"]
 
 
 def test_alignment_depth_and_encoder_errors(tmp_path):

@@ -15,10 +15,12 @@ from typing import Any
 
 import yaml
 
+from irepa.align.normalize import NORMS
 from irepa.data.config import DataConfig
 from irepa.diffusion.samplers import SamplerConfig
 from irepa.errors import ConfigError
 from irepa.objectives.base import ObjectiveConfig
+from irepa.utils.io import atomic_write_text
 
 
 @dataclass
@@ -170,7 +172,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         try:
             return tp(value)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from err
+            example = {"int": "8", "float": "1e-4", "str": "name"}[tp.__name__]
+            fix = f"e.g. --{where} {example}"
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}", fix=fix) from err
     return value
 
 
@@ -178,7 +182,10 @@ def _encoder_entry_from(value: Any) -> Any:
     """Accept ``name`` or ``name:coeff`` strings as encoder entries."""
     if isinstance(value, str):
         name, _, coeff = value.partition(":")
-        return {"name": name, "coeff": float(coeff) if coeff else None}
+        try:
+            return {"name": name, "coeff": float(coeff) if coeff else None}
+        except ValueError:
+            raise ConfigError(f"align.encoders: {value!r} should be name or name:coefficient") from None
     return value
 
 
@@ -188,12 +195,12 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
     valid = {f.name for f in fields(cls)}
     unknown = set(data) - valid
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; valid: {sorted(valid)}")
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; valid: {sorted(valid)}")
     kwargs = {}
     for key, value in data.items():
         if cls is AlignSection and key == "encoders":
             value = [_encoder_entry_from(v) for v in (value.split(",") if isinstance(value, str) else value)]
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}")
+        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
     return cls(**kwargs)
 
 
@@ -262,11 +269,13 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist; check the path (examples are in configs/)")
+            raise ConfigError(
+                f"config file {path} does not exist", fix="pass an existing YAML file, e.g. configs/irepa.yaml"
+            )
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path} is not valid YAML: {err}") from err
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{path} is not valid YAML ({' '.join(str(err).split())})") from err
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         loaded = upgrade_config_dict(loaded)
@@ -277,17 +286,47 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     data = _merge(data, loaded)
     for dotted, value in overrides.items():
         _set_dotted(data, dotted, value)
-    cfg = from_dict(RunConfig, data)
-    cfg.objective.validate()
+    cfg = from_dict(RunConfig, data, where="")
+    validate_config(cfg)
     return cfg
 
 
+def validate_config(cfg: RunConfig) -> None:
+    """Refuse values no run can use, naming the field (``ConfigError``); cheap, before anything is built."""
+    t, m, a = cfg.train, cfg.model, cfg.align
+    at_least = {
+        "train.steps": (t.steps, 1), "train.batch_size": (t.batch_size, 1), "train.grad_accum": (t.grad_accum, 1),
+        "train.log_every": (t.log_every, 1), "train.ckpt_every": (t.ckpt_every, 1),
+        "train.sample_every": (t.sample_every, 0), "train.keep_checkpoints": (t.keep_checkpoints, 0),
+        "train.grid_classes": (t.grid_classes, 1), "train.grid_per_class": (t.grid_per_class, 1),
+        "train.warmup_steps": (t.warmup_steps, 0), "train.max_skipped_steps": (t.max_skipped_steps, 1),
+        "model.input_size": (m.input_size, 1), "model.in_channels": (m.in_channels, 1),
+        "model.num_classes": (m.num_classes, 1), "align.depth": (a.depth, 1), "align.coeff": (a.coeff, 0),
+        "train.weight_decay": (t.weight_decay, 0), "train.grad_clip": (t.grad_clip, 0), "train.min_lr": (t.min_lr, 0),
+    }
+    for name, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{name} must be >= {low}, got {value}", fix=f"set --{name} to {low} or more")
+    if not t.lr > 0:
+        raise ConfigError(f"train.lr must be > 0, got {t.lr}", fix="use a positive learning rate, e.g. --train.lr 1e-4")
+    for name, decay in [("train.ema_decay", t.ema_decay)] + [("train.extra_ema_decays", d) for d in t.extra_ema_decays]:
+        if not 0 <= decay <= 1:
+            raise ConfigError(f"{name} must be in [0, 1], got {decay}", fix="e.g. --train.ema_decay 0.9999")
+    if t.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {t.mixed_precision!r}")
+    if t.lr_schedule not in ("constant", "cosine"):
+        raise ConfigError(f"train.lr_schedule must be constant or cosine, got {t.lr_schedule!r}")
+    if a.norm not in NORMS:
+        raise ConfigError(f"align.norm must be one of {', '.join(NORMS)}, got {a.norm!r}")
+    if t.batch_size % t.grad_accum:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}",
+                          fix="choose a batch size that is a multiple of grad_accum")
+    cfg.objective.validate()
+    cfg.sample.validate()
+
+
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -376,5 +415,6 @@ __all__ = [
     "overrides_from_args",
     "flatten",
     "config_from_checkpoint",
+    "validate_config",
     "with_defaults",
 ]

@@ -7,16 +7,47 @@ and how to fix it. The command line prints ``irepa <command>: <message>`` and ex
 
 The classes also derive from the built-in exception a caller would expect (``ValueError`` for bad
 values, ``FileNotFoundError`` for missing weights...), so ``except ValueError`` keeps working.
+
+Exit codes of the ``irepa`` command (documented in ``docs/cli.md``):
+
+====  ==========================================================================
+0     success
+1     anything else: a missing optional package, an unexpected internal error
+2     configuration or command-line argument (:class:`ConfigError`, usage errors)
+3     input data (:class:`DataError`)
+4     missing weights / offline (:class:`WeightsError`)
+5     checkpoint missing, damaged or of another run (:class:`CheckpointError`)
+6     training diverged (:class:`TrainingDiverged`)
+7     file system: no such file, permission denied, disk full (``OSError``)
+130   interrupted (Ctrl-C); everything written so far is complete
+====  ==========================================================================
 """
 
 from __future__ import annotations
 
+import os
+
+EXIT_OTHER = 1
+EXIT_FILESYSTEM = 7
+EXIT_INTERRUPTED = 130
+
 
 class IrepaError(Exception):
-    """Base class. ``exit_code`` is what ``irepa`` returns for this kind of error."""
+    """Base class. ``exit_code`` is what ``irepa`` returns for this kind of error.
+
+    ``fix``, when given, is how to repair the problem; the message then reads ``<what> — <fix>``.
+    """
 
     exit_code = 1
     kind = "error"
+
+    def __init__(self, message: str = "", *args: object, fix: str | None = None):
+        super().__init__(message, *args)
+        self.message = message
+        self.fix = fix
+
+    def __str__(self) -> str:
+        return f"{self.message} — {self.fix}" if self.fix else str(self.message)
 
 
 class ConfigError(IrepaError, ValueError):
@@ -47,6 +78,23 @@ class CheckpointError(IrepaError, RuntimeError):
     kind = "checkpoint"
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was asked for."""
+
+
+class RunExistsError(CheckpointError, FileExistsError):
+    """The output folder already holds a run that this command would overwrite."""
+
+
+class DamagedFileError(CheckpointError):
+    """A written file (checkpoint, cache, shard) is truncated or fails its checksum; ``path`` names it."""
+
+    def __init__(self, path: str | os.PathLike, reason: str = "", fix: str | None = None, what: str = "file"):
+        super().__init__(f"{what} {path} is damaged ({reason})" if reason else str(path), fix=fix)
+        self.path = str(path)
+        self.reason = reason
+
+
 class TrainingDiverged(IrepaError, RuntimeError):
     """The loss or the gradient norm stopped being finite; the last good checkpoint is untouched."""
 
@@ -54,4 +102,17 @@ class TrainingDiverged(IrepaError, RuntimeError):
     kind = "divergence"
 
 
-__all__ = ["IrepaError", "ConfigError", "DataError", "WeightsError", "CheckpointError", "TrainingDiverged"]
+__all__ = [
+    "EXIT_FILESYSTEM",
+    "EXIT_INTERRUPTED",
+    "EXIT_OTHER",
+    "IrepaError",
+    "ConfigError",
+    "DataError",
+    "WeightsError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "RunExistsError",
+    "DamagedFileError",
+    "TrainingDiverged",
+]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from irepa.errors import ConfigError
+from irepa.errors import ConfigError, DataError
 
 from .transforms import center_crop_arr, hflip_hwc, to_chw_float, to_chw_tensor
 
@@ -31,8 +31,8 @@ class SampleKey(NamedTuple):
     flip: bool
 
 
-class CorruptImageError(RuntimeError):
-    """An image file that cannot be decoded; ``path`` names it."""
+class CorruptImageError(DataError, RuntimeError):
+    """An image file that cannot be decoded (or has a pixel format irepa does not read); ``path`` names it."""
 
     def __init__(self, path: str, reason: BaseException | str | None = None):
         # One-argument form: a ready message (how DataLoader workers re-raise exceptions).
@@ -51,10 +51,20 @@ def parse_key(key: Any) -> tuple[int, bool]:
     raise TypeError(f"dataset key must be an int or (index, flip), got {type(key).__name__}")
 
 
+# Pixel formats that become 8-bit RGB without losing their meaning; 16-bit and float images ("I;16",
+# "I", "F") would be clipped to 0..255 by PIL and are treated like unreadable files instead.
+EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
+
+
 def load_image_file(path: str, resolution: int) -> np.ndarray:
-    """Decode an image file and ADM-centre-crop it; unreadable files raise ``CorruptImageError``."""
+    """Decode an image file and ADM-centre-crop it; unreadable files (and pixel formats that are not
+    8-bit) raise ``CorruptImageError``."""
     try:
         with Image.open(path) as image:
+            if image.mode not in EIGHT_BIT_MODES:
+                raise CorruptImageError(path, f"pixel format {image.mode} is not 8-bit; convert the file to 8-bit RGB")
             image.load()
             return center_crop_arr(image, resolution)
     except IMAGE_ERRORS as err:
@@ -155,4 +165,5 @@ class ImageDataset(Dataset):
                         len(self.corrupt_files),
                         sorted(self.corrupt_files),
                     )
-        raise RuntimeError(f"no readable image in the dataset ({n} items, all unreadable)")
+        raise DataError(f"no readable image in the dataset ({n} items, all unreadable)",
+                        fix="check the image files (each one was named in a warning)")

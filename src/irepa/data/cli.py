@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
+
+from irepa.errors import ConfigError, DataError
 
 from .config import CORRUPT_POLICIES, DataConfig
 
@@ -64,13 +67,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace a cache of a different configuration in --out"
     )
-    p.set_defaults(func=run_prepare_latents)
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the SHA-256 of every shard of an existing cache and re-encode damaged ones "
+        "(sizes and headers are always checked)",
+    )
+    p.set_defaults(func=run_prepare_latents, on_interrupt="finished shards are kept: rerun the same command "
+                   "to encode the rest")
 
 
 def run_prepare_latents(args: argparse.Namespace) -> int:
     from .prepare import prepare_latents
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.source in ("folder", "hf") and not args.data:
+        raise ConfigError(f"--source {args.source} needs --data", fix="give the image folder or dataset name")
+    if args.source == "folder" and not Path(args.data).expanduser().is_dir():
+        raise DataError(f"--data {args.data}: no such folder", fix="give a folder of images (root/<class>/<image>)")
+    for name in ("batch_size", "shard_size", "resolution"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     cfg = DataConfig(
         source=args.source,
         path=args.data,
@@ -91,6 +108,7 @@ def run_prepare_latents(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         dtype=args.dtype,
         overwrite=args.overwrite,
+        verify=args.verify,
     )
     if index.get("complete"):
         print(

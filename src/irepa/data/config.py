@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from irepa.errors import ConfigError
+
 SOURCES = ("synthetic", "folder", "fashion-mnist", "hf", "latents")
 CORRUPT_POLICIES = ("skip", "fail")
 
@@ -44,23 +46,23 @@ class DataConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the bad field and the accepted values."""
         if self.source not in SOURCES:
-            raise ValueError(f"unknown data source {self.source!r}; valid sources: {', '.join(SOURCES)}")
+            raise ConfigError(f"unknown data source {self.source!r}; valid sources: {', '.join(SOURCES)}")
         if self.on_corrupt not in CORRUPT_POLICIES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown on_corrupt policy {self.on_corrupt!r}; valid: {', '.join(CORRUPT_POLICIES)}"
             )
         if self.source in ("folder", "hf", "latents") and not self.path:
-            raise ValueError(f"data source {self.source!r} needs `path` (see docs/data.md)")
+            raise ConfigError(f"data source {self.source!r} needs `path` (see docs/data.md)")
         if int(self.resolution) < 8:
-            raise ValueError(f"resolution must be >= 8 pixels, got {self.resolution}")
+            raise ConfigError(f"resolution must be >= 8 pixels, got {self.resolution}")
         if self.limit is not None and int(self.limit) < 1:
-            raise ValueError(f"limit must be a positive number of items or null, got {self.limit}")
+            raise ConfigError(f"limit must be a positive number of items or null, got {self.limit}")
         if self.num_classes is not None and int(self.num_classes) < 1:
-            raise ValueError(f"num_classes must be positive or null, got {self.num_classes}")
+            raise ConfigError(f"num_classes must be positive or null, got {self.num_classes}")
         if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.synthetic_size < 1:
-            raise ValueError(f"synthetic_size must be >= 1, got {self.synthetic_size}")
+            raise ConfigError(f"synthetic_size must be >= 1, got {self.synthetic_size}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataConfig:
@@ -68,7 +70,7 @@ class DataConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ValueError(f"unknown data config key(s) {unknown}; valid keys: {', '.join(names)}")
+            raise ConfigError(f"unknown data config key(s) {unknown}; valid keys: {', '.join(names)}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

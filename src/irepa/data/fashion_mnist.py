@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from irepa.errors import DataError
+from irepa.utils.io import atomic_write_bytes, cache_home
+
 from .base import ImageDataset
 from .transforms import fit_small_image, pad_small_image
 
@@ -76,10 +79,13 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return array.astype(dtype.newbyteorder("="), copy=True)
 
 
+class FashionMNISTNotFound(DataError, FileNotFoundError):
+    """The Fashion-MNIST files are neither on disk nor downloadable."""
+
+
 def cache_dir() -> Path:
     """Download folder: ``$IREPA_HOME/datasets/fashion-mnist``."""
-    home = Path(os.environ.get("IREPA_HOME", "~/.cache/irepa")).expanduser()
-    return home / "datasets" / "fashion-mnist"
+    return cache_home() / "datasets" / "fashion-mnist"
 
 
 def _search_dirs(root: str | os.PathLike | None) -> list[Path]:
@@ -98,24 +104,20 @@ def _find(directory: Path, stem: str) -> Path | None:
 
 def _download(name: str, directory: Path) -> Path:
     """Fetch one ``.gz`` file from the mirrors into ``directory`` (temp file, md5 check, rename)."""
-    directory.mkdir(parents=True, exist_ok=True)
     target = directory / name
     errors = []
     for mirror in MIRRORS:
-        tmp = directory / f".{name}.{os.getpid()}.part"
         try:
             log.info("downloading %s%s", mirror, name)
-            with urllib.request.urlopen(mirror + name, timeout=30) as response, open(tmp, "wb") as out:
-                out.write(response.read())
-            digest = hashlib.md5(tmp.read_bytes()).hexdigest()
+            with urllib.request.urlopen(mirror + name, timeout=30) as response:
+                data = response.read()
+            digest = hashlib.md5(data).hexdigest()
             if digest != MD5[name]:
                 raise OSError(f"md5 {digest} != expected {MD5[name]}")
-            os.replace(tmp, target)
+            atomic_write_bytes(target, data)
             return target
         except (urllib.error.URLError, OSError) as err:
             errors.append(f"{mirror}{name}: {err}")
-        finally:
-            tmp.unlink(missing_ok=True)
     raise OSError("; ".join(errors))
 
 
@@ -142,11 +144,11 @@ def read_fashion_mnist(
             except OSError as err:
                 reason = f"download failed: {err}"
         if found is None:
-            raise FileNotFoundError(
+            raise FashionMNISTNotFound(
                 f"Fashion-MNIST {split} files ({', '.join(s + '[.gz]' for s in stems)}) not found in "
-                f"{', '.join(str(d) for d in dirs)} and {reason}. "
-                f"Fix: `apt-get install dataset-fashion-mnist` (installs them in {DEBIAN_DIR}), "
-                f"or put the files in {target}, or set {ENV_VAR} to their folder."
+                f"{', '.join(str(d) for d in dirs)} and {reason}",
+                fix=f"`apt-get install dataset-fashion-mnist` (installs them in {DEBIAN_DIR}), "
+                f"or put the files in {target}, or set {ENV_VAR} to their folder",
             )
     images, labels = read_idx(found[0]), read_idx(found[1])
     if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or len(labels) != len(images):

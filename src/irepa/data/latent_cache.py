@@ -9,8 +9,10 @@ dataset items ``[i * shard_size, (i + 1) * shard_size)`` and stores
 * ``labels``       ``(n,)`` int64 (``-1`` where unreadable).
 
 ``index.json`` records what the cache was made from (image source, its fingerprint and item
-count, VAE, resolution, shard list) and, once ``complete``, the unreadable items and the
-per-channel latent mean / std over the posterior means of the unflipped valid images.
+count, VAE, resolution, shard list) and, once ``complete``, the unreadable items, the
+per-channel latent mean / std over the posterior means of the unflipped valid images, and the
+size and SHA-256 of every shard (``checksums``). Readers check every shard's size when they open
+a cache (a truncated copy is named at once); ``irepa prepare-latents --verify`` checks the hashes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save as safetensors_save
 
-from .atomic import atomic_write_bytes
+from irepa.errors import DataError
+from irepa.utils.io import atomic_write_bytes, file_digest
 
 FORMAT = "irepa-latents-v1"
 INDEX_NAME = "index.json"
@@ -33,8 +36,33 @@ OPEN_SHARDS = 32  # shard files a reader keeps open
 STATS_OVER = "posterior means of the unflipped images (all valid items), population std"
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(DataError):
     """A latent cache that does not belong to the requested data / VAE / resolution."""
+
+
+REPAIR_HINT = "rerun the same `irepa prepare-latents` command: it re-encodes damaged or missing shards"
+
+
+def shard_damage(
+    path: Path, expected_count: int, checksum: dict[str, Any] | None = None, deep: bool = False
+) -> str | None:
+    """Why a shard file cannot be used, or None. Checks its size against ``checksum`` (when recorded)
+    and that its header parses with the expected item count; ``deep`` also compares the SHA-256."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if checksum is not None and size != int(checksum["size"]):
+        return f"{size} bytes, {checksum['size']} were written (truncated or overwritten)"
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            rows = fh.get_slice("valid").get_shape()[0]
+    except Exception as err:  # safetensors raises its own error types for broken headers
+        return f"unreadable safetensors file ({' '.join(str(err).split())})"
+    if rows != expected_count:
+        return f"holds {rows} items, {expected_count} expected"
+    if deep and checksum is not None and file_digest(path).sha256 != checksum["sha256"]:
+        return "its contents do not match the recorded SHA-256 (bit damage)"
+    return None
 
 
 def shard_name(shard: int) -> str:
@@ -116,8 +144,23 @@ class LatentCache:
                 "rerun the same `irepa prepare-latents` command to finish it"
             )
         self.shard_size = int(self.index["shard_size"])
+        self._check_sizes()
         self._handles: OrderedDict[int, Any] = OrderedDict()
         self._pid = os.getpid()
+
+    def _check_sizes(self) -> None:
+        """A truncated or missing shard is named when the cache is opened, not mid-epoch."""
+        checksums = self.index.get("checksums") or {}
+        bad = []
+        for shard in self.index["shards"]:
+            path = self.folder / shard["file"]
+            recorded = checksums.get(shard["file"])
+            if not path.is_file():
+                bad.append(f"{shard['file']}: missing")
+            elif recorded is not None and path.stat().st_size != int(recorded["size"]):
+                bad.append(f"{shard['file']}: {path.stat().st_size} of {recorded['size']} bytes")
+        if bad:
+            raise DataError(f"latent cache {self.folder} has damaged shards ({'; '.join(bad[:5])})", fix=REPAIR_HINT)
 
     def __getstate__(self) -> dict[str, Any]:  # open file handles stay per process
         state = dict(self.__dict__)

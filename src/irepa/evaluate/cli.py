@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from irepa.errors import ConfigError, DataError
+from irepa.utils.io import check_file
+
 from .features import Resizer
+from .references import FASHION_MNIST
 from .run import FEATURES, build_extractor, evaluate_samples, pick_device
 
 
@@ -48,7 +52,20 @@ def run_eval(args: argparse.Namespace) -> int:
 
     samples = Path(args.samples)
     if not samples.is_file():
-        raise SystemExit(f"samples file {samples} does not exist")
+        raise DataError(f"--samples {samples} does not exist", fix="give the samples_<N>.npz written by irepa sample")
+    damage = check_file(samples)
+    if damage is not None:
+        raise DataError(f"--samples {samples} cannot be read ({damage})",
+                        fix="re-create it (irepa sample) or copy it again")
+    if args.ref != FASHION_MNIST and not Path(args.ref).exists():
+        raise DataError(f"--ref {args.ref} does not exist",
+                        fix=f"give an image folder, a reference .npz or {FASHION_MNIST!r}")
+    for name in ("batch_size", "num_samples", "num_ref"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.eps < 0:
+        raise ConfigError(f"--eps must be >= 0, got {args.eps}")
     device = pick_device(args.device)
     extractor = build_extractor(args.features, device, args.inception, args.inception_resize, args.dinov2,
                                 args.dinov2_weights)

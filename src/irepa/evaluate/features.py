@@ -12,7 +12,6 @@ so the evaluator reports the metric as skipped instead of silently dropping it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from irepa.precision import no_tf32
+from irepa.utils.io import file_digest
 
 FEATURE_KINDS = ("pool", "spatial", "logits")
 _SHA_CACHE: dict[tuple[str, int, int], str] = {}
@@ -33,11 +33,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = file_digest(p).sha256
     return _SHA_CACHE[key]
 
 

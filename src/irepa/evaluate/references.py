@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from irepa.utils.io import cache_home, check_file
+
 from .evaluator import Evaluator, ReferenceStats
 from .npz import check_images, npz_keys, open_npz_array
 
@@ -31,7 +33,7 @@ CACHE_VERSION = 1
 
 def default_cache_dir() -> Path:
     """``$IREPA_HOME/eval_refs`` (``IREPA_HOME`` defaults to ``~/.cache/irepa``)."""
-    return Path(os.environ.get("IREPA_HOME", "~/.cache/irepa")).expanduser() / "eval_refs"
+    return cache_home() / "eval_refs"
 
 
 class LazyImages:
@@ -153,7 +155,10 @@ def reference_stats(
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     cached = cache / f"ref-{key}.npz"
     info = {"reference": spec, "cache_file": str(cached), "cache_key": key_obj["source"]}
-    if use_cache and cached.is_file():
+    damage = check_file(cached) if use_cache and cached.is_file() else None
+    if damage is not None:
+        log.warning("cached reference statistics %s are damaged (%s); computing them again", cached, damage)
+    if use_cache and cached.is_file() and damage is None:
         log.info("using cached reference statistics %s", cached)
         sidecar = cached.with_suffix(".json")
         source = json.loads(sidecar.read_text()).get("stats_source") if sidecar.is_file() else None
@@ -164,7 +169,7 @@ def reference_stats(
     if use_cache:
         cache.mkdir(parents=True, exist_ok=True)
         stats.save(cached)
-        from irepa.data.atomic import atomic_write_json
+        from irepa.utils.io import atomic_write_json
 
         atomic_write_json(cached.with_suffix(".json"), key_obj | {"stats_source": stats.info.get("stats_source")})
     return stats

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from irepa.data.atomic import atomic_write_bytes, atomic_write_json
+from irepa.utils.io import atomic_write_bytes, atomic_write_json
 
 METRIC_ORDER = ("fid", "fd_dinov2", "sfid", "inception_score", "inception_score_std", "precision", "recall")
 

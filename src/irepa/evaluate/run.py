@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from irepa.errors import ConfigError
+
 from .evaluator import Evaluator, load_samples
 from .features import FeatureExtractor
 
@@ -20,7 +22,13 @@ def pick_device(device: str | None) -> torch.device:
     """``"auto"``/None -> CUDA when available, else CPU."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(f"--device {device!r} is not a device", fix="use cpu, cuda, cuda:1, ... or auto") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} but no CUDA GPU is visible", fix="use --device cpu (or auto)")
+    return chosen
 
 
 def build_extractor(features: str = "inception", device: str | torch.device = "cpu",

@@ -6,6 +6,7 @@ import argparse
 import logging
 
 from irepa.config import _parse_scalar
+from irepa.errors import ConfigError
 
 
 def _extra(pairs: list[str]) -> dict:
@@ -13,7 +14,7 @@ def _extra(pairs: list[str]) -> dict:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
         out[key] = _parse_scalar(value)
     return out
 
@@ -118,9 +119,12 @@ def _diagnose(args: argparse.Namespace) -> int:
 
     from .diagnose import diagnose_runs, markdown, write_rows
 
-    times = tuple(float(x) for x in args.t.split(",") if x)
+    try:
+        times = tuple(float(x) for x in args.t.split(",") if x)
+    except ValueError:
+        raise ConfigError(f"--t needs comma-separated noise levels in [0, 1], got {args.t!r}") from None
     if not times or not all(0.0 <= t <= 1.0 for t in times):
-        raise SystemExit(f"--t needs noise levels in [0, 1], got {args.t!r}")
+        raise ConfigError(f"--t needs noise levels in [0, 1], got {args.t!r}")
     rows = diagnose_runs(
         args.runs,
         times,

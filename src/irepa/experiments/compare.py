@@ -19,6 +19,7 @@ from irepa.recipes import recipe_overrides
 from irepa.sample.pipeline import load_generator
 from irepa.train.checkpoint import latest_checkpoint
 from irepa.train.trainer import train
+from irepa.utils.io import atomic_path, atomic_write_text
 
 from .evaluation import FidScorer, sample_images
 from .small_scale import read_metrics_csv, small_scale_config, token_dataset
@@ -88,7 +89,7 @@ def run_compare(
             print(f"{name} step {stop}: FID {fid:.2f}")
     rows = [r for r in _done(table).values() if r["recipe"] in recipes]
     plot_fid(rows, out / "fid_vs_steps.png")
-    (out / "table.md").write_text(markdown_table(rows, recipes))
+    atomic_write_text(out / "table.md", markdown_table(rows, recipes))
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return rows
 
@@ -124,5 +125,6 @@ def plot_fid(rows: list[dict], png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)

@@ -29,6 +29,7 @@ from irepa.metrics.probe import train_linear_probe
 from irepa.metrics.spatial import cds, lds
 from irepa.sample.pipeline import build_model_from_config
 from irepa.train.checkpoint import latest_checkpoint, load_checkpoint
+from irepa.utils.io import atomic_open
 
 from .token_cache import encode_dataset
 
@@ -208,7 +209,7 @@ class _AsItems(torch.utils.data.Dataset):
 
 
 def write_rows(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)

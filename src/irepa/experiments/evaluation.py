@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,20 @@ from tqdm.auto import tqdm
 
 from irepa.diffusion import SamplerConfig
 from irepa.sample.pipeline import Generator
+from irepa.utils.io import atomic_path, check_file
+
+log = logging.getLogger(__name__)
+
+
+def _usable_cache(path: Path) -> bool:
+    """A cached ``.npz`` that exists and passes its zip CRC check (a damaged one is named and redone)."""
+    if not path.is_file():
+        return False
+    damage = check_file(path)
+    if damage is not None:
+        log.warning("cache file %s is damaged (%s); computing it again", path, damage)
+        return False
+    return True
 
 
 def sample_images(
@@ -29,7 +44,7 @@ def sample_images(
         sort_keys=True,
     )
     path = Path(cache_dir) / f"samples-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    if path.is_file():
+    if _usable_cache(path):
         return np.load(path)["arr_0"]
     labels = torch.arange(n) % generator.num_classes
     out = []
@@ -37,10 +52,8 @@ def sample_images(
         idx = range(start, min(start + batch_size, n))
         out.append(generator.generate(labels[list(idx)], [seed + i for i in idx], sampler).numpy())
     images = np.concatenate(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, arr_0=images, labels=labels.numpy())
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, arr_0=images, labels=labels.numpy())
     return images
 
 
@@ -84,17 +97,15 @@ class FidScorer:
         from irepa.evaluate.frechet import gaussian_stats
 
         path = self.cache_dir / f"fmnist-test-{self.num_ref}-{self.resolution}px-inception.npz"
-        if path.is_file():
+        if _usable_cache(path):
             stats = np.load(path)
             return stats["mu"], stats["sigma"]
         images, _ = read_fashion_mnist(split="test")
         ref = np.stack([fit_small_image(im, self.resolution) for im in images[: self.num_ref]])
         ref = (ref * 255.0).round().astype(np.uint8)  # the same quantisation as generated samples
         mu, sigma = gaussian_stats(self.features(ref, desc="inception (reference)"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, mu=mu, sigma=sigma)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, mu=mu, sigma=sigma)
         return mu, sigma
 
     def __call__(self, images: np.ndarray) -> dict:

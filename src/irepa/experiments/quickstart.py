@@ -18,6 +18,7 @@ from irepa.recipes import recipe_overrides
 from irepa.sample.pipeline import load_generator, make_grid, save_png
 from irepa.train.checkpoint import latest_checkpoint
 from irepa.train.trainer import train
+from irepa.utils.io import atomic_path, atomic_write_text
 
 from .evaluation import FidScorer, sample_images
 from .small_scale import Timer, read_metrics_csv, small_scale_config, token_dataset, write_json
@@ -73,7 +74,7 @@ def run_quickstart(
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, {platform.python_version()}",
     }
     write_json(out / "metrics.json", metrics)
-    (out / "report.md").write_text(render_report(cfg, metrics))
+    atomic_write_text(out / "report.md", render_report(cfg, metrics))
     return metrics
 
 
@@ -94,7 +95,8 @@ def plot_curves(metrics_csv: Path, png: Path) -> dict[str, float]:
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png, dpi=120)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return {k: v[-1] for k, v in cols.items() if v}
 

@@ -9,7 +9,6 @@ hundred steps in minutes and the encoder's targets can be cached once.
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from irepa.config import RunConfig, load_config
+from irepa.utils.io import atomic_write_json
 
 BASE_OVERRIDES = {
     "model.input_size": 32,
@@ -129,9 +129,7 @@ class Timer:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    tmp.replace(path)
+    atomic_write_json(path, data, default=_json_default, sort_keys=False)
 
 
 def _json_default(o):

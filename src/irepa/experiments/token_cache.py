@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from irepa.train.checkpoint import atomic_torch_save
+from irepa.utils.io import atomic_torch_save, atomic_write_json, check_file
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -31,13 +34,16 @@ def cached_tokens(dataset: Dataset, encoder, cache_dir: str | Path, key: dict, b
     """Load the tokens for ``key`` (a JSON-able description of encoder + data) or compute and store them."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"tokens-{digest}.pt"
-    if path.is_file():
+    damage = check_file(path) if path.is_file() else "absent"
+    if damage is None:
         stored = torch.load(path, map_location="cpu", weights_only=True)
         if stored.shape[0] == len(dataset):
             return stored
+    elif path.is_file():
+        log.warning("token cache %s is damaged (%s); encoding again", path, damage)
     tokens = encode_dataset(dataset, encoder, batch_size, desc=f"encode {key.get('encoder', '')}")
-    atomic_torch_save(tokens, path)
-    path.with_suffix(".json").write_text(json.dumps(key, indent=1, sort_keys=True))
+    atomic_torch_save(tokens, path, manifest=True)
+    atomic_write_json(path.with_suffix(".json"), key)
     return tokens
 
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import math
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +21,6 @@ from irepa.metrics.runner import (
 from irepa.metrics.tables import format_value, read_csv, render_table, write_csv
 
 DEFAULT_METRICS = "lds,cds,srss,rmsc"
-
-
-def clean_errors(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Report expected failures (bad input, missing files or weights) as one line, exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except (ValueError, KeyError, OSError, RuntimeError) as err:
-            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-            print(f"irepa {args.command}: error: {msg}", file=sys.stderr)
-            return 2
-
-    return wrapper
 
 
 def _names(text: str, what: str) -> list[str]:
@@ -235,7 +217,6 @@ def _sibling(path: Path, tag: str) -> Path:
     return path.with_name(f"{path.stem}.{tag}")
 
 
-@clean_errors
 def run_spatial(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rows, metrics, results = compute_spatial_table(args)
@@ -254,7 +235,6 @@ def run_spatial(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- rank
-@clean_errors
 def run_rank(args: argparse.Namespace) -> int:
     from irepa.metrics.rank import rank_encoders
 
@@ -280,7 +260,6 @@ def run_rank(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- correlate
-@clean_errors
 def run_correlate(args: argparse.Namespace) -> int:
     from irepa.metrics.correlate import (
         PROBE_NAME,
@@ -354,7 +333,6 @@ def _probe_sources(args: argparse.Namespace):
     return train, test
 
 
-@clean_errors
 def run_probe(args: argparse.Namespace) -> int:
     from irepa.metrics.probe import train_linear_probe
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from irepa.metrics.sources import ImageSource
-from irepa.metrics.tables import atomic_path
+from irepa.utils.io import atomic_path, atomic_write_json, cache_home, check_file
+
+log = logging.getLogger(__name__)
 
 REDUCTIONS = ("tokens", "mean")
 CACHE_VERSION = 2  # 2: encoders resize images and positions as the paper's code (no antialias)
@@ -27,7 +30,7 @@ CACHE_VERSION = 2  # 2: encoders resize images and positions as the paper's code
 
 def default_cache_dir() -> Path:
     """``$IREPA_HOME/features`` (``IREPA_HOME`` defaults to ``~/.cache/irepa``)."""
-    return Path(os.environ.get("IREPA_HOME", Path.home() / ".cache" / "irepa")) / "features"
+    return cache_home() / "features"
 
 
 def parse_weights(spec: str | None, encoders: list[str]) -> dict[str, str | None]:
@@ -125,6 +128,10 @@ def _cached(request: FeatureRequest, cache_dir: Path | None) -> np.ndarray | Non
     data, meta = cache_dir / f"{request.key()}.npy", cache_dir / f"{request.key()}.json"
     if not (data.is_file() and meta.is_file()):
         return None
+    damage = check_file(data)
+    if damage is not None:
+        log.warning("feature cache %s is damaged (%s); encoding again", data, damage)
+        return None
     try:
         info = json.loads(meta.read_text())
         array = np.load(data, mmap_mode="r")
@@ -187,7 +194,7 @@ def iter_features(
         return
     cache.mkdir(parents=True, exist_ok=True)
     n = len(request.source)
-    with atomic_path(cache / f"{request.key()}.npy") as tmp:
+    with atomic_path(cache / f"{request.key()}.npy", manifest=True) as tmp:
         store = None
         start = 0
         for batch in _encode_batches(request, batch_size, device, progress):
@@ -199,8 +206,7 @@ def iter_features(
         store.flush()
         shape, dtype = store.shape, str(store.dtype)
         del store
-    with atomic_path(cache / f"{request.key()}.json") as tmp:
-        tmp.write_text(json.dumps(request.meta(shape, dtype)))
+    atomic_write_json(cache / f"{request.key()}.json", request.meta(shape, dtype))
 
 
 def load_features(

@@ -5,27 +5,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str | None = None):
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from irepa.utils.io import atomic_open
 
 
 def format_value(v: Any, digits: int = 4) -> str:
@@ -38,7 +22,7 @@ def format_value(v: Any, digits: int = 4) -> str:
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
     """Write ``rows`` (dicts) as CSV atomically; floats keep full precision."""
     columns = list(columns or (rows[0].keys() if rows else []))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         for row in rows:

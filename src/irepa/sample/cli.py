@@ -7,11 +7,13 @@ GPUs and nodes; a plain ``irepa sample`` uses one device. See ``docs/evaluate.md
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from irepa.diffusion.samplers import SAMPLERS, SamplerConfig
+from irepa.errors import ConfigError
 from irepa.precision import AUTO, PRECISIONS
 from irepa.sample.labels import LABEL_MODES
 
@@ -66,7 +68,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="how long the main process waits for a new image from the other processes before "
                         "giving up (default: the longer of 30 min and 4 shards' worth of its own sampling time)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.set_defaults(func=run_sample)
+    p.set_defaults(func=run_sample, on_interrupt="finished shards are kept: rerun the same command to make the rest")
 
 
 def default_out_dir(ckpt: str | Path, cfg: SamplerConfig, use_ema: bool, seed: int, label_mode: str = "balanced",
@@ -132,15 +134,17 @@ def run_sample(args: argparse.Namespace) -> int:
     cfg = SamplerConfig(kind=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                         guidance_low=args.guidance_low, guidance_high=args.guidance_high)
     cfg.validate()
-    if args.num_samples < 1 or args.batch_size < 1:
-        raise SystemExit("--num-samples and --batch-size must be >= 1")
-    if args.grid is not None and args.grid < 1:
-        raise SystemExit("--grid must be >= 1")
+    for name in ("num_samples", "batch_size", "shard_size", "grid"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     state = PartialState(cpu=not torch.cuda.is_available())  # CPU-only machines still shard over processes
     use_ema = not args.no_ema
     generator = load_generator(args.ckpt, use_ema=use_ema, device=state.device, vae=args.vae,
                                precision=args.precision)
-    ckpt_file = generator.info.get("checkpoint") or args.ckpt  # a run folder resolves to its latest step
+    ckpt_file = generator.info.get("checkpoint") or args.ckpt  # a run folder resolves to its newest intact step
+    if state.is_main_process:
+        print(f"using checkpoint {ckpt_file} (step {generator.info.get('step')})", file=sys.stderr)
     out = Path(args.out) if args.out else default_out_dir(ckpt_file, cfg, use_ema, args.seed, args.labels,
                                                           generator.precision)
     shard_size = args.shard_size

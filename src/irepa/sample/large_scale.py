@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import time
@@ -38,10 +39,12 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irepa.data.atomic import atomic_write_json, remove_stale_temps
 from irepa.errors import CheckpointError, ConfigError
 from irepa.evaluate.npz import NpzWriter, check_images, open_npz_array, save_npz
 from irepa.sample.labels import LABEL_MODES, LABEL_SCHEMES, sample_labels
+from irepa.utils.io import atomic_write_json, check_file, remove_stale_temps
+
+log = logging.getLogger(__name__)
 
 GenerateFn = Callable[[torch.Tensor, list[int]], Any]  # (labels (B,), seeds) -> uint8 (B, H, W, 3)
 Range = tuple[int, int]  # indices [start, stop)
@@ -126,8 +129,13 @@ def shard_path(out_dir: str | Path, start: int, stop: int) -> Path:
 
 
 def shard_complete(path: Path, start: int, stop: int) -> bool:
-    """A shard file that holds exactly the images of ``[start, stop)``."""
+    """A shard file that holds exactly the images of ``[start, stop)`` and passes its zip CRC check
+    (a damaged shard is named in a warning and made again)."""
     if not path.is_file():
+        return False
+    damage = check_file(path)
+    if damage is not None:
+        log.warning("sample shard %s is damaged (%s): generating it again", path, damage)
         return False
     try:
         indices = open_npz_array(path, "indices")
@@ -365,8 +373,8 @@ def merge_shards(plan: SamplingPlan, out_dir: str | Path, progress: bool = True)
     """Stream the shard files, in index order, into ``samples_<N>.npz`` (``arr_0`` and ``labels``)."""
     cover = coverage(finished_files(plan, out_dir), plan.num_samples)
     if cover.missing:
-        raise CheckpointError(f"{cover.num_missing} image(s) are not generated yet ({_describe(cover.missing)}); "
-                              "run sampling again to complete them")
+        raise CheckpointError(f"{cover.num_missing} image(s) are not generated yet ({_describe(cover.missing)})",
+                              fix="run the same sampling command again to complete them")
     first = open_npz_array(shard_path(out_dir, *cover.pieces[0][0]), "images")
     shape = (plan.num_samples, *first.shape[1:])
 

@@ -142,8 +142,7 @@ def save_png(image: torch.Tensor, path: str | Path) -> None:
     """Atomically write a uint8 ``(H, W, 3)`` tensor as PNG."""
     from PIL import Image
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    Image.fromarray(image.numpy()).save(tmp)
-    tmp.replace(path)
+    from irepa.utils.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(image.numpy()).save(tmp, format="PNG")

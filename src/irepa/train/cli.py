@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+from pathlib import Path
 
 from irepa.config import add_config_arguments, load_config, overrides_from_args
 
@@ -72,9 +72,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--resume",
         nargs="?",
-        const="auto",
+        const="latest",
         default=None,
-        help="continue the run in --out from its latest checkpoint, or from the given file",
+        metavar="auto|PATH",
+        help="continue the run in --out from its latest checkpoint (refused if it is damaged); "
+        "'--resume auto': from the newest intact one, with a warning; '--resume PATH': from that file only",
     )
     p.add_argument(
         "--smoke",
@@ -101,7 +103,7 @@ def _family_of(config: str | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from irepa.recipes import recipe_overrides
-    from irepa.train.trainer import TrainingDiverged, train
+    from irepa.train.trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -116,10 +118,17 @@ def run(args: argparse.Namespace) -> int:
     if args.smoke:  # encoders are random-initialised in a smoke run: no weights needed
         for entry in cfg.align.encoders:
             entry.weights = entry.weights or "random"
-    try:
-        result = train(cfg, resume=args.resume)
-    except (TrainingDiverged, FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
-        print(f"irepa train: {err}", file=sys.stderr)
-        return 1
+    args.on_interrupt = lambda: resume_hint(Path(cfg.out))
+    result = train(cfg, resume=args.resume)
     print(f"finished at step {result.step}; checkpoint: {result.checkpoint}")
     return 0
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What an interrupted run can continue from (for the message after Ctrl-C)."""
+    from irepa.train.checkpoint import latest_checkpoint
+
+    latest = latest_checkpoint(run_dir / "checkpoints")
+    if latest is None:
+        return f"no checkpoint was written yet in {run_dir}: rerun the same command to start again"
+    return f"rerun the same command with --resume to continue from {latest}"

@@ -6,6 +6,8 @@ import csv
 import logging
 from pathlib import Path
 
+from irepa.utils.io import atomic_open
+
 log = logging.getLogger(__name__)
 
 
@@ -45,17 +47,13 @@ class ScalarLogger:
         row = {"step": step, **scalars}
         if self._columns is None:
             self._columns = list(row)
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(self._columns)
+            self._rewrite([self._columns])
         extra = [k for k in row if k not in self._columns]
         if extra:  # a new scalar appeared: rewrite the header, keep the rows
             self._columns += extra
             with open(self.path) as f:
                 rows = list(csv.reader(f))[1:]
-            with open(self.path, "w", newline="") as f:
-                w = csv.writer(f)
-                w.writerow(self._columns)
-                w.writerows(rows)
+            self._rewrite([self._columns, *rows])
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([row.get(k, "") for k in self._columns])
         if self.tb is not None:
@@ -65,16 +63,22 @@ class ScalarLogger:
             self.wandb.log(scalars, step=step)
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows logged after ``step`` (used when a run resumes from an earlier checkpoint)."""
+        """Drop rows logged after ``step`` and rows torn by a kill (used when a run resumes)."""
         if not self.enabled or not self.path.exists():
             return
-        with open(self.path) as f:
-            rows = list(csv.reader(f))
+        text = self.path.read_text()
+        if not text.endswith("\n"):  # the last row was cut off by a kill while it was appended
+            text = text[: text.rfind("\n") + 1]
+        rows = list(csv.reader(text.splitlines()))
         if not rows:
             return
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
-        with open(self.path, "w", newline="") as f:
-            csv.writer(f).writerows(kept)
+        kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        self._rewrite(kept)
+
+    def _rewrite(self, rows: list[list]) -> None:
+        """Replace the whole file at once (a row torn by a kill while appending is dropped on resume)."""
+        with atomic_open(self.path, "w") as f:
+            csv.writer(f).writerows(rows)
 
     def close(self) -> None:
         if self.tb is not None:

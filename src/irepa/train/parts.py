@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -158,7 +159,6 @@ class StepLog:
     rows: list[dict[str, torch.Tensor]] = field(default_factory=list)
     steps: list[int] = field(default_factory=list)
     lrs: list[float] = field(default_factory=list)
-    skipped: int = 0  # consecutive optimizer steps the fp16 loss scaler skipped
 
     def add(self, step: int, lr: float, scalars: dict[str, torch.Tensor]) -> None:
         self.rows.append(scalars)
@@ -189,3 +189,26 @@ def check_finite(steps: list[int], rows: list[dict[str, float]], where: str) -> 
                     f"non-finite {what} at step {step} ({parts}); the run stopped and {where} is untouched. "
                     "Fix: lower train.lr, keep train.grad_clip on, or use bf16 instead of fp16"
                 )
+
+
+@dataclass
+class OverflowGuard:
+    """fp16 training: the loss scaler skips a step whose gradients overflowed and lowers its scale.
+
+    That is normal and is let be; only ``limit`` skips in a row (a scale that never recovers) stop the
+    run. ``record`` takes whether the step just taken was skipped.
+    """
+
+    limit: int
+    checkpoints: Path  # named in the message: the newest checkpoint there is the last good one
+    in_a_row: int = 0
+
+    def record(self, skipped: bool, step: int) -> None:
+        self.in_a_row = self.in_a_row + 1 if skipped else 0
+        if self.in_a_row >= self.limit:
+            from .checkpoint import latest_checkpoint
+
+            raise TrainingDiverged(
+                f"the fp16 loss scaler skipped {self.in_a_row} steps in a row up to step {step}; the last good "
+                f"checkpoint ({latest_checkpoint(self.checkpoints)}) is untouched. Fix: use bf16, or lower train.lr"
+            )

@@ -26,11 +26,19 @@ from irepa.errors import ConfigError, TrainingDiverged
 from irepa.objectives import build_objective
 from irepa.sample.pipeline import Generator, make_grid, save_png
 
-from .checkpoint import atomic_torch_save, latest_checkpoint, load_checkpoint, prune_checkpoints, rng_state
+from .checkpoint import (
+    atomic_torch_save,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    resolve_resume,
+    rng_state,
+)
 from .ema import EMA
 from .logger import ScalarLogger
 from .parts import (
     AlignedModel,
+    OverflowGuard,
     StepLog,
     build_aligner,
     build_backbone,
@@ -97,22 +105,6 @@ def _check_settings(cfg: RunConfig, device: torch.device, world: int) -> None:
     learning_rate(t, 0)  # validates the schedule
 
 
-def _resume_checkpoint(ckpt_dir: Path, resume: bool | str | None) -> Path | None:
-    existing = latest_checkpoint(ckpt_dir)
-    if not resume:
-        if existing is not None:
-            raise FileExistsError(
-                f"{ckpt_dir} already holds checkpoints (latest {existing.name}); pass --resume to continue "
-                "that run or choose another --out. Nothing was overwritten."
-            )
-        return None
-    if resume is True or resume == "auto":
-        if existing is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {ckpt_dir}")
-        return existing
-    return Path(resume)
-
-
 def _check_resumable(ckpt: dict, cfg: RunConfig) -> None:
     diff = config_diff(with_defaults(ckpt["config"]), to_dict(cfg), RESUME_MUST_MATCH)
     if diff:
@@ -136,7 +128,8 @@ def _grid_labels(cfg: RunConfig) -> torch.Tensor:
 
 
 def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | None = None, dataset=None) -> TrainResult:
-    """Train per ``cfg``. ``resume``: True/"auto" for the run's latest checkpoint, or a path.
+    """Train per ``cfg``. ``resume``: see :func:`irepa.train.checkpoint.resolve_resume` (True/"latest",
+    "auto" for the newest intact checkpoint, or a path).
 
     ``dataset`` replaces the one ``cfg.data`` describes (items as in :mod:`irepa.data`; an item may
     carry precomputed encoder tokens as ``target.<encoder name>``).
@@ -155,7 +148,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     # ---- resume point
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_path = _resume_checkpoint(ckpt_dir, resume)
+    ckpt_path = resolve_resume(ckpt_dir, resume)
     ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
     if ckpt is not None:
         _check_resumable(ckpt, cfg)
@@ -247,6 +240,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
             save_png(make_grid(images, nrow=t_cfg.grid_per_class), run_dir / "samples" / f"step_{step:07d}.png")
 
     step_log = StepLog()
+    overflow = OverflowGuard(t_cfg.max_skipped_steps, ckpt_dir) if t_cfg.mixed_precision == "fp16" else None
     losses: list[float] = []
 
     def read_log(where: str) -> None:
@@ -295,13 +289,8 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
         max_norm = t_cfg.grad_clip if t_cfg.grad_clip > 0 else float("inf")
         grad_norm = accelerator.clip_grad_norm_(net.parameters(), max_norm)
         optimizer.step()
-        if t_cfg.mixed_precision == "fp16":  # the scaler skipped the step on overflow: fine, unless it never ends
-            step_log.skipped = step_log.skipped + 1 if accelerator.optimizer_step_was_skipped else 0
-            if step_log.skipped >= t_cfg.max_skipped_steps:
-                raise TrainingDiverged(
-                    f"the fp16 loss scaler skipped {step_log.skipped} steps in a row up to step {step + 1}; the last "
-                    f"good checkpoint ({latest_checkpoint(ckpt_dir)}) is untouched. Fix: use bf16 or lower train.lr"
-                )
+        if overflow is not None:  # fp16: the scaler skipped the step on overflow, fine unless it never ends
+            overflow.record(accelerator.optimizer_step_was_skipped, step + 1)
         step += 1
         for ema in emas:
             ema.update(backbone, step)

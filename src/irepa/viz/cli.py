@@ -6,7 +6,6 @@ import argparse
 
 import torch
 
-from irepa.metrics.cli import clean_errors
 from irepa.metrics.features import load_encoder, parse_weights
 from irepa.metrics.sources import load_image_spec
 from irepa.viz.figures import save_figure
@@ -42,7 +41,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     viz.set_defaults(func=lambda args: viz.print_help() or 0)
 
 
-@clean_errors
 def run_spatial_norm(args: argparse.Namespace) -> int:
     encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
     if not encoders:

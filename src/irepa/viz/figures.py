@@ -8,7 +8,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from irepa.metrics.tables import atomic_path
+from irepa.utils.io import atomic_path
 
 FORMATS = (".png", ".pdf", ".svg", ".jpg")
 
@@ -26,6 +26,6 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 150) -> Path:
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise ValueError(f"unsupported figure format {path.suffix!r}; use one of {', '.join(FORMATS)}")
-    with atomic_path(path, suffix=suffix) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format=suffix[1:], dpi=dpi)
     return path

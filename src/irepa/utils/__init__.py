@@ -1,0 +1,1 @@
+"""Small shared utilities (crash-safe files, cache home, offline detection): see :mod:`irepa.utils.io`."""
