@@ -17,12 +17,15 @@ from irepa.config import load_config, to_dict
 from irepa.diffusion.samplers import SamplerConfig, sample
 from irepa.models import create_model
 from irepa.objectives import Draw, FlowMatching, MeanFlow, MeanFlowConfig, ObjectiveConfig, build_objective
+from irepa.recipes import recipe_overrides, split_recipe_name
 from irepa.sample.pipeline import load_generator
 from irepa.train.checkpoint import load_checkpoint
 from irepa.train.parts import AlignedModel
 from irepa.train.trainer import train
 
 T_EPS = 0.05
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -543,3 +546,28 @@ def test_recipe_learns_resumes_exactly_and_samples_from_its_checkpoint(tmp_path,
     if family != "meanflow":
         with pytest.raises(ValueError, match="meanflow"):
             gen.sample_latents(labels, seeds, SamplerConfig(kind="meanflow", steps=1))
+
+
+@pytest.mark.parametrize("name", ["jit-vanilla", "jit-repa", "jit-irepa", "meanflow-vanilla", "meanflow-irepa"])
+def test_shipped_family_configs_follow_their_recipe_and_the_papers_schedules(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    family, _ = split_recipe_name(name)
+    from_recipe = load_config(None, recipe_overrides(name))
+    assert cfg.recipe == family and cfg.align.enabled == from_recipe.align.enabled
+    if cfg.align.enabled:
+        for key in ("projector", "kernel_size", "coeff", "norm", "zscore_alpha"):
+            assert getattr(cfg.align, key) == getattr(from_recipe.align, key), key
+    for key in ("kind", "path", "prediction", "time_sampling", "p_mean", "p_std", "t_eps"):
+        assert getattr(cfg.objective, key) == getattr(from_recipe.objective, key), key
+    assert cfg.train.betas == (0.9, 0.95) and cfg.train.grad_clip == 0.0 and cfg.train.weight_decay == 0.0
+    if family == "jit":  # blr 5e-5 scaled by batch / 256; 5 warm-up epochs of 200, in steps of ImageNet
+        per_epoch = IMAGENET_TRAIN_IMAGES // cfg.train.batch_size
+        assert cfg.train.batch_size == 1024 and cfg.train.lr == pytest.approx(5e-5 * 1024 / 256)
+        assert (cfg.train.warmup_steps, cfg.train.steps) == (5 * per_epoch, 200 * per_epoch)
+        assert (cfg.sample.kind, cfg.sample.steps, cfg.sample.guidance_high) == ("ode-heun", 50, 0.9)
+        assert not cfg.align.enabled or cfg.align.depth == 4
+    else:  # 240 epochs at batch 256, lr 1e-4 constant; B/2's training guidance w = 1, k = 0.5 on all t
+        assert cfg.train.steps == 240 * (IMAGENET_TRAIN_IMAGES // 256) and cfg.train.lr == 1e-4
+        m = cfg.objective.meanflow
+        assert (m.ratio, m.adaptive_p, m.cfg_omega, m.cfg_kappa, m.cfg_t_low, m.cfg_t_high) == (0.25, 1, 1, 0.5, 0, 1)
+        assert (cfg.sample.kind, cfg.sample.steps, cfg.sample.cfg_scale) == ("meanflow", 1, 1.0)
