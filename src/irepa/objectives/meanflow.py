@@ -17,6 +17,8 @@ forward-mode pass uses the math attention kernel, the one with a forward-mode de
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -49,14 +51,20 @@ class MeanFlow(Objective):
     # ------------------------------------------------------------------ training
 
     def draw(self, x0, labels, generator) -> Draw:
-        """(t, r): two draws of the time sampler sorted so that t >= r, then r = t for a ``1 - ratio`` share."""
+        """(t, r): two draws of the time sampler sorted so that t >= r, then r = t for a ``1 - ratio`` share.
+
+        The share is a count, as in the reference code: the first ``floor(B (1 - ratio))`` samples of the
+        batch get r = t (plain flow matching), the rest keep r < t. The samples of a batch are
+        exchangeable, so which rows is immaterial; a count (not a coin per sample) keeps the mix of
+        the two terms the same in every batch.
+        """
         base = super().draw(x0, labels, generator)
         a = base.t
         b = self.sample_t(x0.shape[0], generator).to(x0.device)
         t, r = torch.maximum(a, b), torch.minimum(a, b)
-        device = generator.device if generator is not None else x0.device
-        keep = (torch.rand(x0.shape[0], generator=generator, device=device) < self.cfg.meanflow.ratio).to(x0.device)
-        return Draw(t=t, r=torch.where(keep, r, t), noise=base.noise, labels=base.labels)
+        equal = math.floor(x0.shape[0] * (1.0 - self.cfg.meanflow.ratio) + 1e-6)
+        same = torch.arange(x0.shape[0], device=x0.device) < equal
+        return Draw(t=t, r=torch.where(same, t, r), noise=base.noise, labels=base.labels)
 
     def mean_flow_target(
         self, model, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor, labels: torch.Tensor
@@ -101,7 +109,11 @@ class MeanFlow(Objective):
         err = (pred.float() - u_target.float()).pow(2).flatten(1).sum(dim=1)
         m = self.cfg.meanflow
         weight = 1.0 / (err.detach() + m.adaptive_c).pow(m.adaptive_p) if m.adaptive_p > 0 else 1.0
-        return self.total((weight * err).mean(), aux)
+        out = self.total((weight * err).mean(), aux)
+        # With p = 1 the weighted loss sits near 1 whatever the error; this is the error itself, per element,
+        # on the scale of flow matching's loss (monitoring only).
+        out["meanflow/mse"] = err.detach().mean() / pred[0].numel()
+        return out
 
     # ------------------------------------------------------------------ sampling
 
