@@ -19,6 +19,7 @@ from irepa.data.config import DataConfig
 from irepa.diffusion.samplers import SamplerConfig
 from irepa.errors import ConfigError
 from irepa.objectives.base import ObjectiveConfig
+from irepa.train.end_to_end import EndToEndConfig
 
 
 @dataclass
@@ -106,13 +107,14 @@ class TrainSection:
 
 @dataclass
 class RunConfig:
-    recipe: str = "sit"  # sit | jit | meanflow: its preset sits under the YAML file (irepa.recipes)
+    recipe: str = "sit"  # a family (sit | jit | meanflow | repa-e) or <family>-<alignment>: see irepa.recipes
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
     align: AlignSection = field(default_factory=AlignSection)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainSection = field(default_factory=TrainSection)
     sample: SamplerConfig = field(default_factory=SamplerConfig)
+    end_to_end: EndToEndConfig = field(default_factory=EndToEndConfig)  # REPA-E: train the VAE too
     out: str = "runs/default"
 
 
@@ -265,6 +267,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         _set_dotted(data, dotted, value)
     cfg = from_dict(RunConfig, data)
     cfg.objective.validate()
+    cfg.end_to_end.validate()
     return cfg
 
 
@@ -348,6 +351,7 @@ __all__ = [
     "EncoderEntry",
     "AlignSection",
     "ObjectiveConfig",
+    "EndToEndConfig",
     "upgrade_config_dict",
     "TrainSection",
     "RunConfig",

@@ -1,4 +1,4 @@
-"""``irepa train``: train a model from a YAML config plus command-line overrides."""
+"""``irepa train``: train a model from a YAML config plus command-line overrides; ``irepa export-vae``."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ SMOKE_PRESET = {
     "sample.kind": "ode-euler",
     "sample.steps": 8,
 }
+# What a smoke run of an end-to-end recipe changes on top: a small untrained VAE (f2, 4 channels),
+# an untrained LPIPS trunk, a two-stage PatchGAN (a three-stage one has no logits left at 16 px).
+SMOKE_END_TO_END = {
+    "model.input_size": 8,
+    "model.in_channels": 4,
+    "end_to_end.vae": "random",
+    "end_to_end.perceptual_weights": "random",
+    "end_to_end.disc_weights": None,
+    "end_to_end.disc_layers": 2,
+    "end_to_end.stats_images": 64,
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -63,18 +74,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(p)
     p.set_defaults(func=run)
 
+    e = subparsers.add_parser(
+        "export-vae",
+        help="write the VAE of an end-to-end (REPA-E) run as a diffusers AutoencoderKL folder",
+        description="The tuned VAE of RUN's latest checkpoint (or of the given checkpoint file) as an AutoencoderKL "
+                    "folder with its latent statistics (latent_stats.json, and latents_mean / latents_std in "
+                    "config.json): `irepa prepare-latents --vae DIR` and AutoencoderKL.from_pretrained(DIR) load it.",
+    )
+    e.add_argument("run", help="run folder or step_*.pt checkpoint of an end-to-end run")
+    e.add_argument("--out", required=True, help="new folder for the VAE (refused if it exists and is not empty)")
+    e.add_argument("--no-ema", action="store_true",
+                   help="export the live latent statistics instead of their EMA (the VAE weights are the same)")
+    e.set_defaults(func=run_export)
+
 
 def run(args: argparse.Namespace) -> int:
     from irepa.train.trainer import TrainingDiverged, train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    overrides: dict = {}
-    if args.smoke:
-        overrides.update(SMOKE_PRESET)
     shortcuts = {"model.name": args.model, "align.encoders": args.encoder, "out": args.out, "train.steps": args.steps}
-    overrides.update({k: v for k, v in shortcuts.items() if v is not None})
-    overrides.update(overrides_from_args(args))
+    user = {k: v for k, v in shortcuts.items() if v is not None}
+    user.update(overrides_from_args(args))
+    overrides = {**SMOKE_PRESET, **user} if args.smoke else user
     cfg = load_config(args.config, overrides)
+    if args.smoke and cfg.end_to_end.enabled:
+        cfg = load_config(args.config, {**SMOKE_PRESET, **SMOKE_END_TO_END, **user})
     if args.smoke:  # encoders are random-initialised in a smoke run: no weights needed
         for entry in cfg.align.encoders:
             entry.weights = entry.weights or "random"
@@ -84,4 +108,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"irepa train: {err}", file=sys.stderr)
         return 1
     print(f"finished at step {result.step}; checkpoint: {result.checkpoint}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from irepa.codecs import TrainableVAECodec, codec_from_checkpoint
+    from irepa.errors import IrepaError
+    from irepa.train.checkpoint import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(args.run)
+        codec = codec_from_checkpoint(ckpt, ema=not args.no_ema)
+        if not isinstance(codec, TrainableVAECodec):
+            print(f"irepa export-vae: {ckpt['path']} was not trained end to end (its codec: {codec.describe()}); "
+                  "only end-to-end runs have a VAE of their own to export", file=sys.stderr)
+            return 2
+        folder = codec.save_pretrained(args.out, ema=not args.no_ema)
+    except (IrepaError, FileNotFoundError, ValueError) as err:
+        print(f"irepa export-vae: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 1)
+    mean, std = codec.statistics(not args.no_ema)
+    print(f"wrote {folder} (VAE of {ckpt['path']}, step {int(ckpt['step'])}; latent mean "
+          f"{[round(v, 4) for v in mean.tolist()]}, std {[round(v, 4) for v in std.tolist()]})")
     return 0
