@@ -422,3 +422,22 @@ def test_sampling_decodes_with_the_tuned_vae_and_the_ema_statistics(tiny_runs):
     torch.testing.assert_close(codec.decode(x), expected)
     raw = load_generator(root / "full" / "checkpoints", use_ema=False).codec
     assert not raw.decode_with_ema and not torch.equal(raw.statistics(False)[0], mean)
+
+
+def test_cli_smoke_trains_samples_and_exports(tmp_path):
+    from diffusers import AutoencoderKL
+
+    from irepa.cli import main
+
+    run = tmp_path / "smoke"
+    tiny = ["--model.depth", "2", "--model.hidden_size", "32", "--model.num_heads", "2", "--align.encoders", "hog",
+            "--align.depth", "1", "--align.projector_hidden_dim", "32", "--steps", "2", "--train.ckpt_every", "2",
+            "--train.sample_every", "2"]
+    assert main(["train", "--recipe", "repa-e-irepa", "--smoke", "--out", str(run), *tiny]) == 0
+    assert (run / "samples" / "step_0000002.png").is_file()
+    assert main(["sample", "--ckpt", str(run), "--num-samples", "4", "--sampler", "ode-euler", "--steps", "2",
+                 "--out", str(tmp_path / "samples"), "--no-progress"]) == 0
+    assert main(["export-vae", str(run), "--out", str(tmp_path / "vae")]) == 0
+    assert AutoencoderKL.from_pretrained(str(tmp_path / "vae")).config.latent_channels == 4
+    with pytest.raises(ConfigError, match="repa-e-irepa"):  # the one spelling of iREPA-E, named in the error
+        main(["train", "--recipe", "irepa-e", "--smoke", "--out", str(tmp_path / "x")])

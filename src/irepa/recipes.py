@@ -126,7 +126,7 @@ ALIGNMENTS = ("vanilla", "repa", "irepa")
 
 
 def family_preset(name: str) -> dict[str, Any]:
-    """The dotted settings of a run's ``recipe``: a family's preset (plus the alignment's for ``<family>-<alignment>``)."""
+    """The dotted settings of a ``recipe``: the family's preset, and the alignment's of ``<family>-<alignment>``."""
     if name in FAMILIES:
         return dict(FAMILIES[name].preset)
     family, alignment = split_recipe_name(name)

@@ -169,7 +169,7 @@ class TrainableVAECodec(Codec):
     # ------------------------------------------------------------------ training passes
 
     def autoencode(self, images: torch.Tensor, generator: torch.Generator | None = None) -> Autoencoded:
-        """``[-1, 1]`` images -> posterior, a sample ``z`` (noise from ``generator``) and ``decode(z)``; differentiable."""
+        """``[-1, 1]`` images -> posterior, a sample ``z`` (noise from ``generator``), ``decode(z)``; differentiable."""
         posterior = self.vae.encode(images).latent_dist
         mean, logvar = posterior.mean, posterior.logvar
         z = sample_posterior(torch.cat([mean, logvar], dim=1), generator)

@@ -108,8 +108,9 @@ def check_run(cfg, codec: TrainableVAECodec) -> None:
         latent = f"{cfg.data.resolution / codec.factor:g}"
         raise ConfigError(
             f"the VAE gives {codec.channels} x {latent} x {latent} latents for data.resolution "
-            f"{cfg.data.resolution} (f{codec.factor}), but the model expects {cfg.model.in_channels} x {cfg.model.input_size} x {cfg.model.input_size}; set "
-            f"model.in_channels {codec.channels} and model.input_size {side}"
+            f"{cfg.data.resolution} (f{codec.factor}), but the model expects {cfg.model.in_channels} x "
+            f"{cfg.model.input_size} x {cfg.model.input_size}; set model.in_channels {codec.channels} and "
+            f"model.input_size {side}"
         )
 
 
