@@ -20,6 +20,7 @@ from irepa.data.config import DataConfig
 from irepa.diffusion.samplers import SamplerConfig
 from irepa.errors import ConfigError
 from irepa.objectives.base import ObjectiveConfig
+from irepa.train.end_to_end import EndToEndConfig
 from irepa.utils.io import atomic_write_text
 
 
@@ -115,13 +116,14 @@ class TrainSection:
 
 @dataclass
 class RunConfig:
-    recipe: str = "sit"  # sit | jit | meanflow: its preset sits under the YAML file (irepa.recipes)
+    recipe: str = "sit"  # a family (sit | jit | meanflow | repa-e) or <family>-<alignment>: see irepa.recipes
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=DataConfig)
     align: AlignSection = field(default_factory=AlignSection)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainSection = field(default_factory=TrainSection)
     sample: SamplerConfig = field(default_factory=SamplerConfig)
+    end_to_end: EndToEndConfig = field(default_factory=EndToEndConfig)  # REPA-E: train the VAE too
     out: str = "runs/default"
 
 
@@ -323,6 +325,7 @@ def validate_config(cfg: RunConfig) -> None:
                           fix="choose a batch size that is a multiple of grad_accum")
     cfg.objective.validate()
     cfg.sample.validate()
+    cfg.end_to_end.validate()
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
@@ -401,6 +404,7 @@ __all__ = [
     "EncoderEntry",
     "AlignSection",
     "ObjectiveConfig",
+    "EndToEndConfig",
     "upgrade_config_dict",
     "TrainSection",
     "RunConfig",

@@ -99,12 +99,7 @@ class SiT(nn.Module):
         the instantaneous velocity).
         """
         check_hidden_index(return_hidden_at, len(self.blocks))
-        h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
-        c = self.t_embedder(t) + self.y_embedder(y)
-        if self.interval_embedder is not None:
-            c = c + self.interval_embedder(t - r if r is not None else torch.zeros_like(t))
-        elif r is not None:
-            raise ValueError("this SiT has no interval embedding; build it with interval_embedding=True for MeanFlow")
+        h, c = self.embed(x, t, y, r)
         hidden = None
         for depth, block in enumerate(self.blocks, start=1):
             h = block(h, c)
@@ -112,3 +107,23 @@ class SiT(nn.Module):
                 hidden = h
         out = self.unpatchify(self.final_layer(h, c))
         return out if return_hidden_at is None else (out, hidden)
+
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, r: torch.Tensor | None = None):
+        """Patch tokens with their positions ``(B, T, C)`` and the conditioning vector ``(B, C)``."""
+        h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed.to(x.dtype)
+        c = self.t_embedder(t) + self.y_embedder(y)
+        if self.interval_embedder is not None:
+            c = c + self.interval_embedder(t - r if r is not None else torch.zeros_like(t))
+        elif r is not None:
+            raise ValueError("this SiT has no interval embedding; build it with interval_embedding=True for MeanFlow")
+        return h, c
+
+    def hidden_at(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, depth: int, r: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The tokens after block ``depth`` alone; later blocks are not run (alignment-only passes)."""
+        check_hidden_index(depth, len(self.blocks))
+        h, c = self.embed(x, t, y, r)
+        for block in self.blocks[:depth]:
+            h = block(h, c)
+        return h

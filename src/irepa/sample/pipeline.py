@@ -111,7 +111,7 @@ def load_generator(
     model.load_state_dict(weights, strict=True)
     model.to(device).eval()
     objective = build_objective(cfg.objective, cfg.model.num_classes)
-    codec = codec_from_checkpoint(ckpt, vae).to(device).prepare_decoder(device)
+    codec = codec_from_checkpoint(ckpt, vae, ema=use_ema).to(device).prepare_decoder(device)
     info = {
         "checkpoint": ckpt["path"],
         "step": int(ckpt["step"]),

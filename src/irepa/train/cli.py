@@ -1,4 +1,4 @@
-"""``irepa train``: train a model from a YAML config plus command-line overrides."""
+"""``irepa train``: train a model from a YAML config plus command-line overrides; ``irepa export-vae``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,17 @@ SMOKE_PRESET = {
     "sample.kind": "ode-euler",
     "sample.steps": 8,
 }
+# What a smoke run of an end-to-end recipe changes on top: a small untrained VAE (f2, 4 channels),
+# an untrained LPIPS trunk, a two-stage PatchGAN (a three-stage one has no logits left at 16 px).
+SMOKE_END_TO_END = {
+    "model.input_size": 8,
+    "model.in_channels": 4,
+    "end_to_end.vae": "random",
+    "end_to_end.perceptual_weights": "random",
+    "end_to_end.disc_weights": None,
+    "end_to_end.disc_layers": 2,
+    "end_to_end.stats_images": 64,
+}
 # ...with each family's backbone, small.
 SMOKE_FAMILY = {
     "sit": {"model.name": "SiT-S/2"},
@@ -48,6 +59,7 @@ SMOKE_FAMILY = {
         "sample.kind": "ode-heun",
     },
     "meanflow": {"model.name": "SiT-S/2", "sample.kind": "meanflow", "sample.steps": 2},
+    "repa-e": {"model.name": "SiT-S/2", **SMOKE_END_TO_END},
 }
 
 
@@ -86,6 +98,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(p)
     p.set_defaults(func=run)
 
+    e = subparsers.add_parser(
+        "export-vae",
+        help="write the VAE of an end-to-end (REPA-E) run as a diffusers AutoencoderKL folder",
+        description="The tuned VAE of RUN's latest checkpoint (or of the given checkpoint file) as an AutoencoderKL "
+                    "folder with its latent statistics (latent_stats.json, and latents_mean / latents_std in "
+                    "config.json): `irepa prepare-latents --vae DIR` and AutoencoderKL.from_pretrained(DIR) load it.",
+    )
+    e.add_argument("run", help="run folder or step_*.pt checkpoint of an end-to-end run")
+    e.add_argument("--out", required=True, help="new folder for the VAE (refused if it exists and is not empty)")
+    e.add_argument("--no-ema", action="store_true",
+                   help="export the live latent statistics instead of their EMA (the VAE weights are the same)")
+    e.set_defaults(func=run_export)
+
 
 def _family_of(config: str | None) -> str:
     """The recipe family a YAML file names (``sit`` when it names none)."""
@@ -102,14 +127,13 @@ def _family_of(config: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from irepa.recipes import recipe_overrides
+    from irepa.recipes import recipe_overrides, split_recipe_name
     from irepa.train.trainer import train
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
     overrides: dict = recipe_overrides(args.recipe) if args.recipe else {}
     if args.smoke:
-        family = overrides.get("recipe") or _family_of(args.config)
+        family = overrides.get("recipe") or split_recipe_name(_family_of(args.config))[0]
         overrides.update({**SMOKE_PRESET, **SMOKE_FAMILY.get(family, {})})
     shortcuts = {"model.name": args.model, "align.encoders": args.encoder, "out": args.out, "train.steps": args.steps}
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})
@@ -132,3 +156,20 @@ def resume_hint(run_dir: Path) -> str:
     if latest is None:
         return f"no checkpoint was written yet in {run_dir}: rerun the same command to start again"
     return f"rerun the same command with --resume to continue from {latest}"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from irepa.codecs import TrainableVAECodec, codec_from_checkpoint
+    from irepa.errors import ConfigError
+    from irepa.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.run)
+    codec = codec_from_checkpoint(ckpt, ema=not args.no_ema)
+    if not isinstance(codec, TrainableVAECodec):
+        raise ConfigError(f"{ckpt['path']} was not trained end to end (its codec: {codec.describe()})",
+                          fix="export-vae takes a run of the repa-e recipe, whose VAE was trained")
+    folder = codec.save_pretrained(args.out, ema=not args.no_ema)
+    mean, std = codec.statistics(not args.no_ema)
+    print(f"wrote {folder} (VAE of {ckpt['path']}, step {int(ckpt['step'])}; latent mean "
+          f"{[round(v, 4) for v in mean.tolist()]}, std {[round(v, 4) for v in std.tolist()]})")
+    return 0

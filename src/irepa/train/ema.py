@@ -8,8 +8,38 @@ import torch
 from torch import nn
 
 
+@torch.no_grad()
+def update_average(shadow: nn.Module, model: nn.Module, decay: float) -> None:
+    """``shadow <- decay * shadow + (1 - decay) * model`` for parameters and floating-point buffers.
+
+    Floating-point buffers (batch-norm running statistics) are averaged like parameters; integer
+    buffers (batch counters) are copied. A constant buffer, such as a fixed position embedding,
+    is left bit-identical (``lerp(a, a, w) == a``).
+    """
+    ema_params = list(shadow.parameters())
+    params = [p.detach() for p in model.parameters()]
+    if len(ema_params) != len(params):
+        raise RuntimeError("EMA and model have different parameter lists")
+    if params:
+        torch._foreach_lerp_(ema_params, [p.to(e.dtype) for p, e in zip(params, ema_params)], 1.0 - decay)
+    for eb, b in zip(shadow.buffers(), model.buffers()):
+        if eb.is_floating_point():
+            eb.lerp_(b.to(eb.dtype), 1.0 - decay)
+        else:
+            eb.copy_(b)
+
+
+def ema_decay(decay: float, warmup: bool, step: int) -> float:
+    """The decay used after optimizer step ``step`` (1-indexed).
+
+    With ``warmup`` the decay ramps as ``(1 + step) / (10 + step)`` up to ``decay``, so a short run's
+    average is not dominated by the initial weights (0.995 ** 300 still leaves 22 % of them).
+    """
+    return min(decay, (1 + step) / (10 + step)) if warmup else decay
+
+
 class EMA(nn.Module):
-    """Keeps ``shadow = decay * shadow + (1 - decay) * param`` after every optimizer step."""
+    """Keeps ``shadow = decay * shadow + (1 - decay) * param`` after every optimizer step (float buffers too)."""
 
     def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = False):
         super().__init__()
@@ -21,20 +51,8 @@ class EMA(nn.Module):
         self.shadow.requires_grad_(False)
 
     def decay_at(self, step: int) -> float:
-        """The decay used after optimizer step ``step`` (1-indexed).
+        """The decay used after optimizer step ``step`` (1-indexed); see :func:`ema_decay`."""
+        return ema_decay(self.decay, self.warmup, step)
 
-        With ``warmup`` the decay ramps as ``(1 + step) / (10 + step)`` up to ``decay``, so a short run's
-        average is not dominated by the initial weights (0.995 ** 300 still leaves 22 % of them).
-        """
-        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
-
-    @torch.no_grad()
     def update(self, model: nn.Module, step: int | None = None) -> None:
-        decay = self.decay if step is None else self.decay_at(step)
-        ema_params = [p for p in self.shadow.parameters()]
-        params = [p.detach() for p in model.parameters()]
-        if len(ema_params) != len(params):
-            raise RuntimeError("EMA and model have different parameter lists")
-        torch._foreach_lerp_(ema_params, [p.to(e.dtype) for p, e in zip(params, ema_params)], 1.0 - decay)
-        for eb, b in zip(self.shadow.buffers(), model.buffers()):
-            eb.copy_(b)
+        update_average(self.shadow, model, self.decay if step is None else self.decay_at(step))

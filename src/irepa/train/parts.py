@@ -36,6 +36,16 @@ class AlignedModel(nn.Module):
         out, hidden = self.backbone(xt, t, y, return_hidden_at=self.depth, **times)
         return out, self.aligner(hidden, targets)
 
+    def align_only(self, xt, t, y, targets: dict[str, torch.Tensor], r: torch.Tensor | None = None):
+        """The alignment head's output alone: the backbone stops after block ``depth`` when it can
+        (``backbone.hidden_at``), else runs whole and its prediction is dropped."""
+        times = {} if r is None else {"r": r}
+        if hasattr(self.backbone, "hidden_at"):
+            hidden = self.backbone.hidden_at(xt, t, y, self.depth, **times)
+        else:
+            hidden = self.backbone(xt, t, y, return_hidden_at=self.depth, **times)[1]
+        return self.aligner(hidden, targets)
+
 
 def step_generator(seed: int, step: int, rank: int, device: torch.device | str = "cpu") -> torch.Generator:
     """A generator that depends only on (seed, micro-step, rank): resuming needs no RNG bookkeeping.

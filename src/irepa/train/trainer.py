@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irepa.codecs import codec_for_dataset
+from irepa.codecs import codec_for_run
 from irepa.config import RunConfig, config_diff, save_config, to_dict, with_defaults
 from irepa.data import build_dataset, make_loader
 from irepa.errors import ConfigError, TrainingDiverged
@@ -35,6 +35,7 @@ from .checkpoint import (
     rng_state,
 )
 from .ema import EMA
+from .end_to_end import EndToEndStep
 from .logger import ScalarLogger
 from .parts import (
     AlignedModel,
@@ -77,6 +78,7 @@ RESUME_MUST_MATCH = [
     "train.ema_decay",
     "train.extra_ema_decays",
     "train.ema_warmup",
+    "end_to_end",
 ]
 
 __all__ = ["TrainResult", "TrainingDiverged", "train", "step_generator", "build_aligner", "build_backbone"]
@@ -160,7 +162,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     ds_classes = getattr(dataset, "num_classes", None)
     if ds_classes is not None and ds_classes > cfg.model.num_classes:
         raise ConfigError(f"the dataset has {ds_classes} classes but model.num_classes is {cfg.model.num_classes}")
-    codec = codec_for_dataset(dataset, cfg.model.in_channels).to(device)
+    codec = codec_for_run(cfg, dataset).to(device)
     objective = build_objective(cfg.objective, cfg.model.num_classes)
     objective.check_sampler(cfg.sample.kind)
     if t_cfg.sample_every > 0 and is_main:
@@ -177,6 +179,8 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     module = AlignedModel(backbone, aligner, cfg.align.depth).to(device)
     emas = [EMA(backbone, d, t_cfg.ema_warmup).to(device) for d in [t_cfg.ema_decay, *t_cfg.extra_ema_decays]]
     optimizer = build_optimizer(t_cfg, module, device)
+    # REPA-E: the VAE (in the codec) and a discriminator train too; restored here when resuming
+    end_to_end = EndToEndStep(cfg, codec, module, objective, accelerator, dataset, ckpt) if codec.trainable else None
 
     step = 0
     if ckpt is not None:
@@ -225,6 +229,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
                 "step": step,
                 "config": to_dict(cfg),
                 "codec": codec.checkpoint_state(),
+                "end_to_end": end_to_end.state_dict() if end_to_end is not None else None,
                 "rng": rng_state(),
             }
             atomic_torch_save(state, path)
@@ -274,15 +279,20 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
         for micro in range(t_cfg.grad_accum):
             batch = next(batches)
             gen = step_generator(t_cfg.seed, step * t_cfg.grad_accum + micro, rank, device)
-            x0 = codec.encode(batch, gen, device)
-            if step == 0 and micro == 0:
-                _check_input(x0, cfg)
             labels = batch["label"].to(device, non_blocking=True)
             targets = encoder_targets(batch, aligner, encoders, device, encoder_batch) if aligner else None
+            draw = None  # the objective draws t, noise and labels itself, unless the REPA-E step already did
+            if end_to_end is None:
+                x0 = codec.encode(batch, gen, device)
+            else:  # VAE and discriminator updates (SiT frozen); x0 is the detached, batch-normalised latent
+                x0, draw, vae_parts = end_to_end.step(batch, labels, targets, gen, step)
+                totals.update(vae_parts)
+            if step == 0 and micro == 0:
+                _check_input(x0, cfg)
             last_micro = micro == t_cfg.grad_accum - 1
             sync = accelerator.no_sync(net) if world > 1 and not last_micro else contextlib.nullcontext()
             with sync, accelerator.autocast():
-                parts = objective.loss(net, x0, labels, gen, targets)
+                parts = objective.loss(net, x0, labels, gen, targets, draw=draw)
             accelerator.backward(parts["loss"] / t_cfg.grad_accum)
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().double() / t_cfg.grad_accum  # as exact as a host sum
