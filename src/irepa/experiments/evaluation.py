@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +12,7 @@ from tqdm.auto import tqdm
 
 from irepa.diffusion import SamplerConfig
 from irepa.sample.pipeline import Generator
-from irepa.utils.io import atomic_path, check_file
-
-log = logging.getLogger(__name__)
-
-
-def _usable_cache(path: Path) -> bool:
-    """A cached ``.npz`` that exists and passes its zip CRC check (a damaged one is named and redone)."""
-    if not path.is_file():
-        return False
-    damage = check_file(path)
-    if damage is not None:
-        log.warning("cache file %s is damaged (%s); computing it again", path, damage)
-        return False
-    return True
+from irepa.utils.io import atomic_path, usable_file
 
 
 def sample_images(
@@ -44,7 +30,7 @@ def sample_images(
         sort_keys=True,
     )
     path = Path(cache_dir) / f"samples-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
-    if _usable_cache(path):
+    if usable_file(path):
         return np.load(path)["arr_0"]
     labels = torch.arange(n) % generator.num_classes
     out = []
@@ -97,7 +83,7 @@ class FidScorer:
         from irepa.evaluate.frechet import gaussian_stats
 
         path = self.cache_dir / f"fmnist-test-{self.num_ref}-{self.resolution}px-inception.npz"
-        if _usable_cache(path):
+        if usable_file(path):
             stats = np.load(path)
             return stats["mu"], stats["sigma"]
         images, _ = read_fashion_mnist(split="test")

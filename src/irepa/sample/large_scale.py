@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from irepa.errors import CheckpointError, ConfigError
 from irepa.evaluate.npz import NpzWriter, check_images, open_npz_array, save_npz
 from irepa.sample.labels import LABEL_MODES, LABEL_SCHEMES, sample_labels
-from irepa.utils.io import atomic_write_json, check_file, remove_stale_temps
+from irepa.utils.io import atomic_write_json, remove_stale_temps, usable_file
 
 log = logging.getLogger(__name__)
 
@@ -131,11 +131,7 @@ def shard_path(out_dir: str | Path, start: int, stop: int) -> Path:
 def shard_complete(path: Path, start: int, stop: int) -> bool:
     """A shard file that holds exactly the images of ``[start, stop)`` and passes its zip CRC check
     (a damaged shard is named in a warning and made again)."""
-    if not path.is_file():
-        return False
-    damage = check_file(path)
-    if damage is not None:
-        log.warning("sample shard %s is damaged (%s): generating it again", path, damage)
+    if not usable_file(path, "sample shard"):
         return False
     try:
         indices = open_npz_array(path, "indices")

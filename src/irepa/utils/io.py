@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -39,6 +40,8 @@ _CHUNK = 1 << 22
 
 # ---------------------------------------------------------------------------------------------
 # atomic writes
+
+log = logging.getLogger(__name__)
 
 
 def temp_path(path: str | os.PathLike) -> Path:
@@ -335,6 +338,19 @@ def check_file(path: str | os.PathLike) -> str | None:
 
 # ---------------------------------------------------------------------------------------------
 # where things live, and whether the network may be used
+
+
+def usable_file(path: str | os.PathLike, what: str = "cache file") -> bool:
+    """Whether ``path`` exists and passes :func:`check_file`; a damaged file is named in a warning
+    (callers then make it again)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    damage = check_file(path)
+    if damage is not None:
+        log.warning("%s %s is damaged (%s): making it again", what, path, damage)
+        return False
+    return True
 
 
 def cache_home() -> Path:
