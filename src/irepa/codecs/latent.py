@@ -59,7 +59,12 @@ class CachedLatentCodec(Codec):
         self._vae: torch.nn.Module | None = None
 
     def encode(self, batch, generator=None, device=None):
-        moments = batch["moments"]
+        """Cached moments of a loader batch, or (when a batch has images only) the VAE's encoding of them."""
+        if "moments" in batch:
+            moments = batch["moments"]
+        else:
+            self.prepare_decoder(device or "cpu")  # the same frozen VAE encodes
+            moments = encode_moments(self._vae, batch["image"])
         if generator is not None and generator.device.type != "cpu" and device is not None:
             moments = moments.to(device, non_blocking=True)  # sample where the generator lives
         z = normalize_latents(sample_posterior(moments.float(), generator), self.mean, self.std)

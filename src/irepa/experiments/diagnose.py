@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from irepa.codecs import PixelCodec, codec_from_checkpoint
+from irepa.codecs import Codec, PixelCodec, codec_from_checkpoint
 from irepa.config import config_from_checkpoint
 from irepa.data import DataConfig, build_dataset
 from irepa.diffusion.interpolants import get_interpolant
@@ -76,10 +76,17 @@ def hidden_tokens(
     in_channels: int = 1,
     seed: int = 0,
     batch_size: int = 250,
+    codec: Codec | None = None,
 ) -> torch.Tensor:
-    """Tokens ``(N, T, C)`` after block ``depth`` for ``[0, 1]`` images noised to time ``t`` (null class)."""
+    """Tokens ``(N, T, C)`` after block ``depth`` for ``[0, 1]`` images noised to time ``t`` (null class).
+
+    ``codec`` brings the images into the model's space (default: pixels with ``in_channels``); a latent
+    run's codec encodes them with its VAE (posterior means' samples from a fixed seed).
+    """
     interpolant = get_interpolant(path)
-    x0 = PixelCodec(in_channels).to_model(images)
+    codec = codec or PixelCodec(in_channels)
+    x0 = torch.cat([codec.encode({"image": images[i : i + batch_size]}, torch.Generator().manual_seed(seed + i))
+                    for i in range(0, len(images), batch_size)]).float()
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     out = []
     for start in range(0, len(x0), batch_size):
@@ -125,24 +132,24 @@ def diagnose_runs(
     """One row per (run, t), plus the encoder's own row; see the module docstring."""
     from irepa.encoders import load_encoder
 
-    runs = []  # (folder, checkpoint, model with its EMA weights), all checked before any encoding
+    runs = []  # (folder, checkpoint, model with its EMA weights, codec), all checked before any encoding
     for run in run_dirs:
         ckpt_path = latest_checkpoint(Path(run) / "checkpoints")
         if ckpt_path is None:
             raise FileNotFoundError(f"{run}: no checkpoints/step_*.pt; train the run first")
         ckpt = load_checkpoint(ckpt_path)
-        if codec_from_checkpoint(ckpt).kind != "pixels":
-            raise ValueError(f"{run} was trained on latents; diagnose compares pixel-space runs")
+        codec = codec_from_checkpoint(ckpt).prepare_decoder()  # the run's own pixels -> model space
         model = build_model_from_config(ckpt["config"])
         model.load_state_dict(ckpt["ema"] if ckpt.get("ema") is not None else ckpt["model"])
-        runs.append((Path(run), ckpt, model.eval()))
+        runs.append((Path(run), ckpt, model.eval(), codec))
     m, grid_hw = runs[0][1]["config"]["model"], tuple(runs[0][2].grid)
-    for run, ckpt, model in runs:
-        if ckpt["config"]["model"]["input_size"] != m["input_size"]:
-            raise ValueError(f"{run}: runs must share model.input_size to be compared on the same images")
+    resolution = m["input_size"] * runs[0][3].factor
+    for run, ckpt, model, codec in runs:
+        if ckpt["config"]["model"]["input_size"] * codec.factor != resolution:
+            raise ValueError(f"{run}: runs must see images of one resolution to be compared on the same images")
         if tuple(model.grid) != grid_hw:
             raise ValueError(f"{run}: token grid {model.grid} differs from {grid_hw}; compare runs with one grid")
-    resolution, n_classes, grid = m["input_size"], m["num_classes"], grid_hw[0]
+    n_classes, grid = m["num_classes"], grid_hw[0]
     train_x, train_y = _images(source, "train", n_train, resolution, n_classes)
     test_x, test_y = _images(source, "test", n_test, resolution, n_classes)
 
@@ -176,13 +183,13 @@ def diagnose_runs(
             **_token_metrics(px_test, grid),
         }
     )
-    for run, ckpt, model in runs:
+    for run, ckpt, model, codec in runs:
         cfg = config_from_checkpoint(ckpt)
         k = depth or cfg.align.depth
         path, channels = cfg.objective.path, cfg.model.in_channels
         for t in times:
-            h_train = hidden_tokens(model, train_x, t, k, path, channels, seed=1)
-            h_test = hidden_tokens(model, test_x, t, k, path, channels, seed=2)
+            h_train = hidden_tokens(model, train_x, t, k, path, channels, seed=1, codec=codec)
+            h_test = hidden_tokens(model, test_x, t, k, path, channels, seed=2, codec=codec)
             rows.append(
                 {
                     "run": run.name,
