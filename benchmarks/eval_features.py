@@ -59,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--inception-weights", default=None, help="a TorchScript file; default: the library's lookup")
     p.add_argument("--precisions", default="fp32", help="comma list of fp32, tf32 (GPU)")
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: all; 1 with --quick, steady on a shared machine)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     args.batch = args.batch or (8 if args.quick else 250)
@@ -73,8 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     device = pick_device(args.device or ("cpu" if args.quick else None))
     info = machine_info(device)
     say(f"device: {info['device']} | torch {info['torch']} | threads {info['torch_threads']} | "

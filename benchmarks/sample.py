@@ -134,7 +134,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--precisions", default=None, help="comma list of fp32, tf32, bf16 (default fp32,bf16; fp32 quick)")
     p.add_argument("--decode", action="store_true", help="also time the SD-VAE decoder on a batch of latents")
     p.add_argument("--reps", type=int, default=3, help="timed batches per candidate")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: all; 1 with --quick, steady on a shared machine)")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     args.model = args.model or ("SiT-S/2" if args.quick else "SiT-XL/2")
@@ -150,8 +151,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
     device = pick_device(args.device or ("cpu" if args.quick else None))
     info = machine_info(device)
     say(f"device: {info['device']} | torch {info['torch']} | threads {info['torch_threads']} | "
