@@ -194,7 +194,8 @@ class PeakMemory:
     CUDA: ``torch.cuda.max_memory_allocated`` (everything allocated at the peak: weights, optimiser
     state, EMA, encoder, activations). CPU: the process's peak resident set (``VmHWM``, reset through
     ``/proc/self/clear_refs``) — it includes the interpreter and libraries and whatever the allocator
-    keeps; ``None`` where the peak cannot be reset.
+    keeps; ``None`` where the peak cannot be reset. ``step_delta_mb``: the peak minus what was resident
+    (CUDA: allocated) when the stretch began.
     """
 
     def __init__(self, device: torch.device):
@@ -205,11 +206,14 @@ class PeakMemory:
         self.ok = True
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
+            self.start_mb = torch.cuda.memory_allocated(self.device) / 2**20
         else:
             try:
                 Path("/proc/self/clear_refs").write_text("5")
             except OSError:
                 self.ok = False
+            rss = _proc_status_kb("VmRSS")
+            self.start_mb = rss / 1024 if rss is not None else None
         return self
 
     def __exit__(self, *exc) -> None:
@@ -218,6 +222,8 @@ class PeakMemory:
         else:
             hwm = _proc_status_kb("VmHWM")
             self.peak_mb = hwm / 1024 if (self.ok and hwm is not None) else None
+        # what the step itself added on top of what was resident when it began (activations, temporaries)
+        self.step_delta_mb = None if self.peak_mb is None or self.start_mb is None else self.peak_mb - self.start_mb
 
 
 # ---------------------------------------------------------------------------------------------- reporting

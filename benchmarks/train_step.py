@@ -428,7 +428,8 @@ def run_setting(spec_name: str, recipe: str, precision: str, mode: str, args, de
         row = {**base, "variant": name, **timing.as_dict(),
                "gflop_per_image": flops / 1e9 if flops is not None else None}
         if name == "ours":
-            row.update(encoder_gflop_per_image=flops_encoder / 1e9, peak_mem_mb=memory.peak_mb, mem_kind=memory.kind)
+            row.update(encoder_gflop_per_image=flops_encoder / 1e9, peak_mem_mb=memory.peak_mb,
+                       step_mem_delta_mb=memory.step_delta_mb, mem_kind=memory.kind)
             if "reference" in timings:
                 row["ours_over_reference"] = timing.rate / timings["reference"].rate
             if "cached targets" in timings:
@@ -452,7 +453,8 @@ COLUMNS = [
     ("model", "model", ""), ("recipe", "recipe", ""), ("precision", "prec", ""), ("mode", "mode", ""),
     ("batch", "batch", "d"), ("variant", "variant", ""), ("images_per_s", "img/s", ".2f"),
     ("range", "img/s range", ""), ("ms_per_step", "ms/step", ".0f"), ("gflop_per_image", "GFLOP/img", ".1f"),
-    ("mfu", "MFU", ".1%"), ("peak_mem_mb", "peak MB", ".0f"), ("ours_over_reference", "ours/ref", ".3f"),
+    ("mfu", "MFU", ".1%"), ("peak_mem_mb", "peak MB", ".0f"), ("step_mem_delta_mb", "step +MB", ".0f"),
+    ("ours_over_reference", "ours/ref", ".3f"),
     ("align_overhead_excl_encoder", "align ovh", "+.1%"),
 ]
 
