@@ -1,7 +1,8 @@
 """One optimiser step of the training loop, as one callable: what the trainer runs and what benchmarks time.
 
-For each micro-batch: batch -> model space (codec) -> encoder targets -> ``objective.loss`` -> backward;
-then clip, optimiser step and EMA update. The loss parts and the gradient norm come back as device
+For each micro-batch: batch -> encoder targets -> model space (codec; REPA-E first updates its VAE and
+discriminator with the SiT frozen) -> ``objective.loss`` -> backward; then clip, optimiser step (fp16:
+unless the loss scaler skips it) and EMA update. The loss parts and the gradient norm come back as device
 tensors (for :class:`~irepa.train.parts.StepLog`), so a step never waits on the host.
 """
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from .ema import EMA
-from .parts import encoder_targets, learning_rate, step_generator
+from .parts import OverflowGuard, encoder_targets, learning_rate, step_generator
 
 
 @dataclass
@@ -40,6 +41,8 @@ class TrainStep:
     backbone: nn.Module
     emas: list[EMA] = field(default_factory=list)
     check_input: Callable[[torch.Tensor], None] | None = None
+    end_to_end: Any = None  # REPA-E's VAE + discriminator step (irepa.train.end_to_end.EndToEndStep)
+    overflow: OverflowGuard | None = None  # fp16: stops only a loss scale that never recovers
 
     def __call__(self, step: int, batches: Iterator[dict]) -> tuple[float, dict[str, torch.Tensor]]:
         """Run one optimiser step on the next ``grad_accum`` batches; returns its lr and device scalars."""
@@ -53,24 +56,31 @@ class TrainStep:
         for micro in range(t_cfg.grad_accum):
             batch = next(batches)
             gen = step_generator(t_cfg.seed, step * t_cfg.grad_accum + micro, acc.process_index, device)
-            x0 = self.codec.encode(batch, gen, device)
-            if step == 0 and micro == 0 and self.check_input is not None:
-                self.check_input(x0)
             labels = batch["label"].to(device, non_blocking=True)
             targets = None
             if self.aligner is not None:
                 targets = encoder_targets(batch, self.aligner, self.encoders, device, self.cfg.align.encoder_batch_size)
+            draw = None  # the objective draws t, noise and label dropout itself, unless REPA-E's step already did
+            if self.end_to_end is None:
+                x0 = self.codec.encode(batch, gen, device)
+            else:  # VAE and discriminator updates (SiT frozen); x0 is the detached, batch-normalised latent
+                x0, draw, vae_parts = self.end_to_end.step(batch, labels, targets, gen, step)
+                totals.update(vae_parts)
+            if step == 0 and micro == 0 and self.check_input is not None:
+                self.check_input(x0)
             last_micro = micro == t_cfg.grad_accum - 1
             no_sync = acc.num_processes > 1 and not last_micro
             sync = acc.no_sync(self.net) if no_sync else contextlib.nullcontext()
             with sync, acc.autocast():
-                parts = self.objective.loss(self.net, x0, labels, gen, targets)
+                parts = self.objective.loss(self.net, x0, labels, gen, targets, draw=draw)
             acc.backward(parts["loss"] / t_cfg.grad_accum)
             for k, v in parts.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().double() / t_cfg.grad_accum  # as exact as a host sum
         max_norm = t_cfg.grad_clip if t_cfg.grad_clip > 0 else float("inf")
         grad_norm = acc.clip_grad_norm_(self.net.parameters(), max_norm)
         self.optimizer.step()
+        if self.overflow is not None:
+            self.overflow.record(acc.optimizer_step_was_skipped, step + 1)
         for ema in self.emas:
             ema.update(self.backbone, step + 1)
         return lr, {**totals, "grad_norm": grad_norm.detach().double().reshape(())}

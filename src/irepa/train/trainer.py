@@ -9,7 +9,6 @@ rank), so resuming is exact without RNG bookkeeping; scalars stay on the device 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -45,10 +44,10 @@ from .parts import (
     build_backbone,
     build_optimizer,
     check_finite,
-    encoder_targets,
     learning_rate,
     step_generator,
 )
+from .step import TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -266,45 +265,15 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
 
     # ---- the loop
     end_step = t_cfg.steps if stop_after is None else min(t_cfg.steps, step + stop_after)
-    encoder_batch = cfg.align.encoder_batch_size
+    train_step = TrainStep(cfg, accelerator, net, optimizer, codec, objective, aligner, encoders, backbone, emas,
+                           check_input=lambda x0: _check_input(x0, cfg), end_to_end=end_to_end, overflow=overflow)
     last_ckpt = None
     bar = tqdm(total=t_cfg.steps, initial=step, desc="train", disable=not is_main, dynamic_ncols=True)
     tic = time.perf_counter()
     while step < end_step:
-        lr = learning_rate(t_cfg, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        totals: dict[str, torch.Tensor] = {}
-        for micro in range(t_cfg.grad_accum):
-            batch = next(batches)
-            gen = step_generator(t_cfg.seed, step * t_cfg.grad_accum + micro, rank, device)
-            labels = batch["label"].to(device, non_blocking=True)
-            targets = encoder_targets(batch, aligner, encoders, device, encoder_batch) if aligner else None
-            draw = None  # the objective draws t, noise and labels itself, unless the REPA-E step already did
-            if end_to_end is None:
-                x0 = codec.encode(batch, gen, device)
-            else:  # VAE and discriminator updates (SiT frozen); x0 is the detached, batch-normalised latent
-                x0, draw, vae_parts = end_to_end.step(batch, labels, targets, gen, step)
-                totals.update(vae_parts)
-            if step == 0 and micro == 0:
-                _check_input(x0, cfg)
-            last_micro = micro == t_cfg.grad_accum - 1
-            sync = accelerator.no_sync(net) if world > 1 and not last_micro else contextlib.nullcontext()
-            with sync, accelerator.autocast():
-                parts = objective.loss(net, x0, labels, gen, targets, draw=draw)
-            accelerator.backward(parts["loss"] / t_cfg.grad_accum)
-            for k, v in parts.items():
-                totals[k] = totals.get(k, 0.0) + v.detach().double() / t_cfg.grad_accum  # as exact as a host sum
-        max_norm = t_cfg.grad_clip if t_cfg.grad_clip > 0 else float("inf")
-        grad_norm = accelerator.clip_grad_norm_(net.parameters(), max_norm)
-        optimizer.step()
-        if overflow is not None:  # fp16: the scaler skipped the step on overflow, fine unless it never ends
-            overflow.record(accelerator.optimizer_step_was_skipped, step + 1)
+        lr, scalars = train_step(step, batches)  # batch -> codec -> targets -> objective.loss -> step, EMA
         step += 1
-        for ema in emas:
-            ema.update(backbone, step)
-        step_log.add(step, lr, {**totals, "grad_norm": grad_norm.detach().double().reshape(())})
+        step_log.add(step, lr, scalars)
         bar.update(1)
 
         at_ckpt = step % t_cfg.ckpt_every == 0 or step == end_step
