@@ -60,9 +60,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
+    from .small_scale import format_time_table
 
     logging.basicConfig(level=logging.WARNING)
     m = run_quickstart(args.out, args.steps, args.fid_samples, args.fid_ref, extra=_extra(args.set))
+    print(format_time_table(m["timings"]))
     print(f"FID {m['fid']:.2f} (N={m['fid_samples']}); report: {args.out}/report.md")
     return 0
 

@@ -28,13 +28,18 @@ def encode_dataset(dataset: Dataset, encoder, batch_size: int = 64, desc: str = 
 
 
 def cached_tokens(dataset: Dataset, encoder, cache_dir: str | Path, key: dict, batch_size: int = 64) -> torch.Tensor:
-    """Load the tokens for ``key`` (a JSON-able description of encoder + data) or compute and store them."""
+    """Load the tokens for ``key`` (a JSON-able description of encoder + data) or compute and store them.
+
+    ``encoder`` is an encoder, or a function without arguments returning one (called only on a cache miss).
+    """
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"tokens-{digest}.pt"
     if path.is_file():
         stored = torch.load(path, map_location="cpu", weights_only=True)
         if stored.shape[0] == len(dataset):
             return stored
+    if not hasattr(encoder, "encode"):
+        encoder = encoder()
     tokens = encode_dataset(dataset, encoder, batch_size, desc=f"encode {key.get('encoder', '')}")
     atomic_torch_save(tokens, path)
     path.with_suffix(".json").write_text(json.dumps(key, indent=1, sort_keys=True))
