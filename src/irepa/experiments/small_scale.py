@@ -132,16 +132,18 @@ class Timer:
 
     wall: dict[str, float] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
+    wall_clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
+    cpu_clock: Callable[[], float] = field(default=time.process_time, repr=False)
     _inner: list[list[float]] = field(default_factory=list, repr=False)  # per open phase: nested wall, cpu
 
     def run(self, name: str, fn: Callable, *args, **kwargs):
         self.add(name, 0.0, 0.0)  # rows keep the order in which phases start
         self._inner.append([0.0, 0.0])
-        w0, c0 = time.perf_counter(), time.process_time()
+        w0, c0 = self.wall_clock(), self.cpu_clock()
         try:
             return fn(*args, **kwargs)
         finally:
-            wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+            wall, cpu = self.wall_clock() - w0, self.cpu_clock() - c0
             inner_wall, inner_cpu = self._inner.pop()
             self.add(name, wall - inner_wall, cpu - inner_cpu)
             if self._inner:
