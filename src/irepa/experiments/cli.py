@@ -21,7 +21,7 @@ def _extra(pairs: list[str]) -> dict:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser("quickstart", help="offline CPU demo: iREPA on Fashion-MNIST, samples, FID, report")
     q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--steps", type=int, default=None, help="training steps (default 300)")
+    q.add_argument("--steps", type=int, default=None, help="training steps (default 400)")
     q.add_argument("--fid-samples", type=int, default=300)
     q.add_argument("--fid-ref", type=int, default=1000, help="test images in the FID reference")
     q.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=5e-4")
