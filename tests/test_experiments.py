@@ -7,6 +7,7 @@ from irepa.config import load_config
 from irepa.data import DataConfig, build_dataset
 from irepa.encoders.base import Encoder
 from irepa.experiments.compare import markdown_table
+from irepa.experiments.small_scale import Timer, format_time_table
 from irepa.experiments.token_cache import TokenCachedDataset, cached_tokens
 from irepa.recipes import ALIGNMENTS, recipe_overrides
 
@@ -147,3 +148,62 @@ def test_pixel_tokens_are_the_model_patches():
     # token (row 1, col 2) is the 2x2 patch at rows 2..3, cols 4..5, row-major inside the patch
     torch.testing.assert_close(tokens[:, 1 * 4 + 2], grey[:, 2:4, 4:6].flatten(1))
     assert pixel_tokens(images, grid=2, in_channels=3).shape == (2, 4, 3 * 16)
+
+
+def test_cached_tokens_build_a_lazy_encoder_only_on_a_cache_miss(tmp_path):
+    ds = build_dataset(DataConfig(source="synthetic", resolution=8, synthetic_size=6, num_classes=2, flip=False))
+    built = []
+
+    def make_encoder():
+        built.append(CountingEncoder())
+        return built[-1]
+
+    key = {"encoder": "count", "n": 6}
+    first = cached_tokens(ds, make_encoder, tmp_path, key, batch_size=4)
+    again = cached_tokens(ds, make_encoder, tmp_path, key, batch_size=4)
+    assert len(built) == 1 and built[0].calls == 2 and torch.equal(first, again)
+
+
+class FakeClock:
+    """A clock the test advances by hand."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_timer_rows_exclude_nested_phases_and_add_up_to_the_total():
+    wall, cpu = FakeClock(), FakeClock()
+    timer = Timer(wall_clock=wall, cpu_clock=cpu)
+
+    def work(w: float, c: float, inner=None):
+        wall.now += w
+        cpu.now += c
+        if inner:
+            timer.run("inner", inner)
+
+    timer.run("outer", work, 3.0, 5.0, lambda: work(1.0, 2.0))
+    timer.run("outer", work, 1.0, 1.0)
+    timer.add("startup", 0.5, 0.5)
+    rows = {r["phase"]: r for r in timer.table()}
+    assert [r["phase"] for r in timer.table()] == ["outer", "inner", "startup", "total"]  # order of first start
+    assert (rows["outer"]["wall_s"], rows["outer"]["cpu_s"]) == (4.0, 6.0)  # 3 + 1 s, without inner's 1 s
+    assert (rows["inner"]["wall_s"], rows["inner"]["cpu_s"]) == (1.0, 2.0)
+    assert (rows["total"]["wall_s"], rows["total"]["cpu_s"]) == (5.5, 8.5)  # 4 + 1 + 0.5 and 6 + 2 + 0.5
+    text = format_time_table(timer.table())
+    assert text.splitlines()[0] == "| phase | wall s | CPU s |" and "| total | 5.5 | 8.5 |" in text
+
+
+def test_timer_records_a_phase_that_raises():
+    wall, cpu = FakeClock(), FakeClock()
+    timer = Timer(wall_clock=wall, cpu_clock=cpu)
+
+    def fail():
+        wall.now += 2.0
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        timer.run("broken", fail)
+    assert timer.wall["broken"] == 2.0 and not timer._inner

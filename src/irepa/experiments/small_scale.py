@@ -76,22 +76,32 @@ def small_scale_config(out: str | Path, recipe: dict, extra: dict | None = None)
     return load_config(None, overrides)
 
 
-def token_dataset(cfg: RunConfig, cache_dir: Path, encoder_batch: int = 64):
-    """The configured dataset, with the alignment encoders' tokens computed once and cached."""
+def token_dataset(cfg: RunConfig, cache_dir: Path, encoder_batch: int = 64, timer: Timer | None = None):
+    """The configured dataset, with the alignment encoders' tokens computed once and cached.
+
+    ``timer`` (optional) records the phases "data", "encoder weights" and "encode"; an encoder is only
+    loaded when its tokens are not cached yet.
+    """
     from irepa.data import build_dataset
     from irepa.encoders import load_encoder
 
     from .token_cache import TokenCachedDataset, cached_tokens
 
-    dataset = build_dataset(cfg.data)
+    timer = timer or Timer()
+    dataset = timer.run("data", build_dataset, cfg.data)
     if not cfg.align.enabled:
         return dataset
     grid = (cfg.model.input_size // _patch(cfg), cfg.model.input_size // _patch(cfg))
     tokens = {}
     for entry in cfg.align.encoders:
         resolution = cfg.align.encoder_resolution
-        encoder = load_encoder(entry.name, weights=entry.weights, resolution=resolution, grid=grid,
-                               resize=cfg.align.encoder_resize, pos_embed=cfg.align.encoder_pos_embed).freeze()
+
+        def encoder(entry=entry, resolution=resolution):
+            return timer.run(
+                "encoder weights", load_encoder, entry.name, weights=entry.weights, resolution=resolution, grid=grid,
+                resize=cfg.align.encoder_resize, pos_embed=cfg.align.encoder_pos_embed,
+            ).freeze()
+
         key = {
             "encoder": entry.name,
             "weights": str(entry.weights),
@@ -101,7 +111,7 @@ def token_dataset(cfg: RunConfig, cache_dir: Path, encoder_batch: int = 64):
             **({"resolution": resolution} if resolution else {}),  # absent for the default: old caches stay valid
             "data": {k: getattr(cfg.data, k) for k in ("source", "path", "resolution", "limit", "split")},
         }
-        tokens[entry.name] = cached_tokens(dataset, encoder, cache_dir, key, encoder_batch)
+        tokens[entry.name] = timer.run("encode", cached_tokens, dataset, encoder, cache_dir, key, encoder_batch)
     return TokenCachedDataset(dataset, tokens)
 
 
@@ -117,15 +127,52 @@ def balanced_labels(n: int, num_classes: int) -> torch.Tensor:
 
 @dataclass
 class Timer:
-    """Wall time per named phase, in seconds."""
+    """Wall and CPU seconds per named phase (CPU: all threads of this process, so it is the work done,
+    which a machine shared with other jobs stretches in wall time but not in CPU time).
 
-    phases: dict[str, float] = field(default_factory=dict)
+    Phases may nest; a phase's time excludes the phases run inside it, so the rows add up to the total.
+    """
+
+    wall: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)
+    wall_clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
+    cpu_clock: Callable[[], float] = field(default=time.process_time, repr=False)
+    _inner: list[list[float]] = field(default_factory=list, repr=False)  # per open phase: nested wall, cpu
 
     def run(self, name: str, fn: Callable, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        self.phases[name] = round(self.phases.get(name, 0.0) + time.perf_counter() - t0, 1)
-        return out
+        self.add(name, 0.0, 0.0)  # rows keep the order in which phases start
+        self._inner.append([0.0, 0.0])
+        w0, c0 = self.wall_clock(), self.cpu_clock()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            wall, cpu = self.wall_clock() - w0, self.cpu_clock() - c0
+            inner_wall, inner_cpu = self._inner.pop()
+            self.add(name, wall - inner_wall, cpu - inner_cpu)
+            if self._inner:
+                self._inner[-1][0] += wall
+                self._inner[-1][1] += cpu
+
+    def add(self, name: str, wall_s: float, cpu_s: float) -> None:
+        self.wall[name] = self.wall.get(name, 0.0) + wall_s
+        self.cpu[name] = self.cpu.get(name, 0.0) + cpu_s
+
+    def table(self) -> list[dict]:
+        """One row per phase in the order first run, then a ``total`` row."""
+        rows = [{"phase": k, "wall_s": round(self.wall[k], 1), "cpu_s": round(self.cpu[k], 1)} for k in self.wall]
+        rows.append({
+            "phase": "total",
+            "wall_s": round(sum(self.wall.values()), 1),
+            "cpu_s": round(sum(self.cpu.values()), 1),
+        })
+        return rows
+
+
+def format_time_table(rows: list[dict]) -> str:
+    """A Markdown table of :meth:`Timer.table` rows (readable as plain text too)."""
+    lines = ["| phase | wall s | CPU s |", "|---|---:|---:|"]
+    lines += [f"| {r['phase']} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} |" for r in rows]
+    return "\n".join(lines)
 
 
 def write_json(path: Path, data: dict) -> None:

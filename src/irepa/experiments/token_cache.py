@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from irepa.utils.io import atomic_torch_save, atomic_write_json, check_file
-
-log = logging.getLogger(__name__)
+from irepa.utils.io import atomic_torch_save, atomic_write_json, usable_file
 
 
 @torch.no_grad()
@@ -31,16 +28,18 @@ def encode_dataset(dataset: Dataset, encoder, batch_size: int = 64, desc: str = 
 
 
 def cached_tokens(dataset: Dataset, encoder, cache_dir: str | Path, key: dict, batch_size: int = 64) -> torch.Tensor:
-    """Load the tokens for ``key`` (a JSON-able description of encoder + data) or compute and store them."""
+    """Load the tokens for ``key`` (a JSON-able description of encoder + data) or compute and store them.
+
+    ``encoder`` is an encoder, or a function without arguments returning one (called only on a cache miss).
+    """
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"tokens-{digest}.pt"
-    damage = check_file(path) if path.is_file() else "absent"
-    if damage is None:
+    if usable_file(path, "token cache"):
         stored = torch.load(path, map_location="cpu", weights_only=True)
         if stored.shape[0] == len(dataset):
             return stored
-    elif path.is_file():
-        log.warning("token cache %s is damaged (%s); encoding again", path, damage)
+    if not hasattr(encoder, "encode"):
+        encoder = encoder()
     tokens = encode_dataset(dataset, encoder, batch_size, desc=f"encode {key.get('encoder', '')}")
     atomic_torch_save(tokens, path, manifest=True)
     atomic_write_json(path.with_suffix(".json"), key)
