@@ -103,9 +103,9 @@ def bench_encode(batch: int = 64) -> None:
 
 def step_cost(overrides: dict, steps: int, workdir: Path) -> tuple[float, float]:
     """CPU and wall seconds of one optimizer step: (steps + 1 steps) - (1 step) of real training calls."""
+    from irepa.align.target_cache import TokenCachedDataset
     from irepa.data import DataConfig, build_dataset
     from irepa.experiments.small_scale import small_scale_config
-    from irepa.experiments.token_cache import TokenCachedDataset
     from irepa.recipes import recipe_overrides
     from irepa.train.trainer import train
 

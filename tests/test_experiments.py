@@ -3,12 +3,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from irepa.align.target_cache import TokenCachedDataset, cached_tokens
 from irepa.config import load_config
 from irepa.data import DataConfig, build_dataset
 from irepa.encoders.base import Encoder
 from irepa.experiments.compare import markdown_table
 from irepa.experiments.small_scale import Timer, format_time_table
-from irepa.experiments.token_cache import TokenCachedDataset, cached_tokens
 from irepa.recipes import ALIGNMENTS, recipe_overrides
 
 

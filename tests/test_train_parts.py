@@ -99,3 +99,32 @@ def test_a_missing_vae_fails_at_start_up_not_at_the_first_sample_grid(tmp_path, 
     with pytest.raises(FileNotFoundError, match="no-such-vae"):
         train(cfg, dataset=_LatentsOfAMissingVAE())
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_cached_targets_train_like_targets_encoded_every_step(tmp_path, monkeypatch):
+    """align.cache_targets encodes the training set once; the run matches one that encodes every step."""
+    from irepa.train.trainer import train
+
+    monkeypatch.setenv("IREPA_HOME", str(tmp_path / "home"))
+
+    def cfg(name, **extra):
+        c = load_config(None, {"model.name": "SiT-S/2", "model.depth": 2, "model.hidden_size": 32,
+                               "model.num_heads": 2, "model.input_size": 8, "model.in_channels": 3,
+                               "model.num_classes": 4, "data.source": "synthetic", "data.resolution": 8,
+                               "data.num_classes": 4, "data.synthetic_size": 32, "data.num_workers": 0,
+                               "data.flip": False, "align.encoders": "dinov2-vit-s", "align.depth": 1,
+                               "align.projector": "conv", "align.norm": "zscore", "train.batch_size": 8,
+                               "train.steps": 6, "train.ckpt_every": 100, "train.sample_every": 0,
+                               "train.report_to": ["none"], "out": str(tmp_path / name), **extra})
+        for e in c.align.encoders:
+            e.weights = "random"
+        return c
+
+    live = train(cfg("live")).losses
+    cached = train(cfg("cached", **{"align.cache_targets": True})).losses
+    assert cached == pytest.approx(live, rel=1e-5)  # batched vs per-step encoding: float rounding only
+    assert len(list((tmp_path / "home" / "targets").glob("tokens-*.pt"))) == 1
+    again = train(cfg("again", **{"align.cache_targets": True})).losses  # read back, not encoded again
+    assert again == cached
+    with pytest.raises(ValueError, match="data.flip"):
+        train(cfg("flip", **{"align.cache_targets": True, "data.flip": True}))

@@ -82,6 +82,9 @@ class AlignSection:
     # with antialias; bilinear for PE), or "upstream" as the encoder's release (DINOv2 without antialias,
     # MoCo v3 sin-cos regenerated).
     encoder_pos_embed: str = "reference"
+    # Encode the training set once and train on the stored tokens (needs data.flip false: the targets
+    # of an un-augmented dataset never change). Stored under $IREPA_HOME/targets.
+    cache_targets: bool = False
 
 
 @dataclass

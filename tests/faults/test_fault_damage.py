@@ -135,7 +135,7 @@ class CountingEncoder:
 
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_damaged_token_cache_is_named_and_recomputed(damage, tmp_path, caplog):
-    from irepa.experiments.token_cache import cached_tokens
+    from irepa.align.target_cache import cached_tokens
 
     g = torch.Generator().manual_seed(0)
     dataset = [{"image": torch.rand(3, 8, 8, generator=g)} for _ in range(6)]

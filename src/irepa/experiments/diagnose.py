@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from irepa.align.target_cache import encode_dataset
 from irepa.codecs import Codec, PixelCodec, codec_from_checkpoint
 from irepa.config import config_from_checkpoint
 from irepa.data import DataConfig, build_dataset
@@ -30,8 +31,6 @@ from irepa.metrics.spatial import cds, lds
 from irepa.sample.pipeline import build_model_from_config
 from irepa.train.checkpoint import latest_checkpoint, load_checkpoint
 from irepa.utils.io import atomic_open
-
-from .token_cache import encode_dataset
 
 COLUMNS = ["run", "step", "t", "depth", "probe", "cka", "lds", "cds"]
 

@@ -82,10 +82,9 @@ def token_dataset(cfg: RunConfig, cache_dir: Path, encoder_batch: int = 64, time
     ``timer`` (optional) records the phases "data", "encoder weights" and "encode"; an encoder is only
     loaded when its tokens are not cached yet.
     """
+    from irepa.align.target_cache import TokenCachedDataset, cached_tokens
     from irepa.data import build_dataset
     from irepa.encoders import load_encoder
-
-    from .token_cache import TokenCachedDataset, cached_tokens
 
     timer = timer or Timer()
     dataset = timer.run("data", build_dataset, cfg.data)

@@ -101,6 +101,34 @@ def build_aligner(cfg, backbone: nn.Module, device, dtype) -> tuple[Aligner | No
     return aligner, encoders
 
 
+def with_cached_targets(dataset, cfg, encoders: dict[str, nn.Module], accelerator):
+    """``dataset`` whose items carry every encoder's tokens (``target.<name>``), encoded once and stored.
+
+    The main process encodes (and stores under ``$IREPA_HOME/targets``) while the others wait, then
+    every process reads the same file.
+    """
+    from irepa.align.target_cache import TokenCachedDataset, cached_tokens
+    from irepa.config import to_dict
+    from irepa.utils.io import cache_home
+
+    if cfg.data.flip:
+        raise ConfigError("align.cache_targets stores the tokens of unflipped images",
+                          fix="set data.flip false, or align.cache_targets false to encode every step")
+    data = to_dict(cfg)["data"]
+    fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
+    tokens = {}
+    for entry in cfg.align.encoders:
+        enc = encoders[entry.name]
+        key = {"encoder": entry.name, "weights": str(entry.weights), "grid": list(enc.grid),
+               "resolution": list(enc.resolution), "resize": cfg.align.encoder_resize,
+               "pos_embed": cfg.align.encoder_pos_embed, "items": len(dataset), "fingerprint": fingerprint,
+               "data": {k: data[k] for k in ("source", "path", "resolution", "limit", "split", "seed")}}
+        with accelerator.main_process_first():
+            tokens[entry.name] = cached_tokens(dataset, enc, cache_home() / "targets", key,
+                                               cfg.align.encoder_batch_size or 64, dtype=torch.float32)
+    return TokenCachedDataset(dataset, tokens)
+
+
 @torch.no_grad()
 def encoder_targets(batch: dict, aligner: Aligner, encoders: dict, device, encoder_batch: int | None):
     """Encoder targets, from tokens cached in the batch (``target.<name>``) or by running the encoders."""

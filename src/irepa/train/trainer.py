@@ -46,6 +46,7 @@ from .parts import (
     check_finite,
     learning_rate,
     step_generator,
+    with_cached_targets,
 )
 from .step import TrainStep
 
@@ -175,6 +176,8 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     if device.type != "cuda":
         enc_dtype = torch.float32  # bf16 autocast on a CPU is slower than fp32
     aligner, encoders = build_aligner(cfg, backbone, device, enc_dtype)
+    if aligner is not None and cfg.align.cache_targets:  # the encoders run once, not every step
+        dataset = with_cached_targets(dataset, cfg, encoders, accelerator)
     module = AlignedModel(backbone, aligner, cfg.align.depth).to(device)
     emas = [EMA(backbone, d, t_cfg.ema_warmup).to(device) for d in [t_cfg.ema_decay, *t_cfg.extra_ema_decays]]
     optimizer = build_optimizer(t_cfg, module, device)

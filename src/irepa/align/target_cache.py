@@ -1,7 +1,9 @@
-"""Encode a dataset once with a frozen encoder and serve the tokens with the items.
+"""Alignment targets computed once: encode a dataset with a frozen encoder and serve the tokens with its items.
 
-On a CPU the encoder costs more than the small diffusion model it supervises; the targets of an
-un-augmented dataset never change, so computing them once is exact, not an approximation.
+The targets of an un-augmented dataset never change, so computing them once is exact, not an
+approximation; it removes the encoder's forward (often costlier than the denoiser's step on small
+models) from every training step. Used by the trainer (``align.cache_targets``) and the small-scale
+experiments.
 """
 
 from __future__ import annotations
@@ -14,24 +16,30 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from irepa.codecs.base import unit_images
 from irepa.utils.io import atomic_torch_save, atomic_write_json, usable_file
 
 
 @torch.no_grad()
-def encode_dataset(dataset: Dataset, encoder, batch_size: int = 64, desc: str = "encode") -> torch.Tensor:
-    """Tokens ``(N, T, D)`` in float16 for every item of ``dataset`` (unflipped)."""
+def encode_dataset(dataset: Dataset, encoder, batch_size: int = 64, desc: str = "encode",
+                   dtype: torch.dtype = torch.float16) -> torch.Tensor:
+    """Tokens ``(N, T, D)`` in ``dtype`` for every item of ``dataset`` (unflipped)."""
     chunks = []
     for start in tqdm(range(0, len(dataset), batch_size), desc=desc, unit="batch", dynamic_ncols=True):
         images = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))])
-        chunks.append(encoder.encode(images).to(torch.float16).cpu())
+        chunks.append(encoder.encode(unit_images(images)).to(dtype).cpu())
     return torch.cat(chunks)
 
 
-def cached_tokens(dataset: Dataset, encoder, cache_dir: str | Path, key: dict, batch_size: int = 64) -> torch.Tensor:
+def cached_tokens(dataset: Dataset, encoder, cache_dir: str | Path, key: dict, batch_size: int = 64,
+                  dtype: torch.dtype = torch.float16) -> torch.Tensor:
     """Load the tokens for ``key`` (a JSON-able description of encoder + data) or compute and store them.
 
     ``encoder`` is an encoder, or a function without arguments returning one (called only on a cache miss).
+    Tokens are stored in ``dtype`` (float16 halves the file; the trainer keeps float32).
     """
+    if dtype != torch.float16:
+        key = {**key, "dtype": str(dtype)}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / f"tokens-{digest}.pt"
     if usable_file(path, "token cache"):
@@ -40,7 +48,7 @@ def cached_tokens(dataset: Dataset, encoder, cache_dir: str | Path, key: dict, b
             return stored
     if not hasattr(encoder, "encode"):
         encoder = encoder()
-    tokens = encode_dataset(dataset, encoder, batch_size, desc=f"encode {key.get('encoder', '')}")
+    tokens = encode_dataset(dataset, encoder, batch_size, desc=f"encode {key.get('encoder', '')}", dtype=dtype)
     atomic_torch_save(tokens, path, manifest=True)
     atomic_write_json(path.with_suffix(".json"), key)
     return tokens
