@@ -1,6 +1,7 @@
 """REPA-E: the trainable-VAE codec, the end-to-end step's gradients, LPIPS's input range, a tiny
 end-to-end run with exact resume, and the export of the tuned VAE."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -285,6 +286,8 @@ def test_recipe_names_and_configs():
     irepa_e = load_config(None, {"recipe": "repa-e-irepa"})
     assert irepa_e.end_to_end.enabled and irepa_e.align.projector == "conv" and irepa_e.align.norm == "zscore"
     assert split_recipe_name("repa-e") == ("repa-e", "repa")
+    assert split_recipe_name("irepa-e") == ("repa-e", "irepa")  # the paper's name for iREPA-E
+    assert dataclasses.replace(load_config(None, {"recipe": "irepa-e"}), recipe="repa-e-irepa") == irepa_e
     with pytest.raises(ConfigError, match="repa-e-irepa"):
         split_recipe_name("repa-e-vanilla")
     for name, projector in (("repa-e.yaml", "mlp"), ("irepa-e.yaml", "conv")):
@@ -440,7 +443,8 @@ def test_cli_smoke_trains_samples_and_exports(tmp_path, capsys):
     assert main(["export-vae", str(run), "--out", str(tmp_path / "vae")]) == 0
     assert AutoencoderKL.from_pretrained(str(tmp_path / "vae")).config.latent_channels == 4
     capsys.readouterr()
-    # the one spelling of iREPA-E, named in a one-line error with the configuration exit code
-    assert main(["train", "--recipe", "irepa-e", "--smoke", "--out", str(tmp_path / "x")]) == ConfigError.exit_code
+    # an unknown alignment of the family, named in a one-line error with the configuration exit code
+    bad = ["train", "--recipe", "repa-e-vanilla", "--smoke", "--out", str(tmp_path / "x")]
+    assert main(bad) == ConfigError.exit_code
     err = capsys.readouterr().err
     assert "repa-e-irepa" in err and "Traceback" not in err

@@ -132,6 +132,8 @@ FAMILIES: dict[str, Family] = {
 }
 
 ALIGNMENTS = ("vanilla", "repa", "irepa")
+# The names the papers use for a recipe, where they differ from ``<family>-<alignment>``.
+PAPER_NAMES = {"irepa-e": "repa-e-irepa"}
 
 
 def family_preset(name: str) -> dict[str, Any]:
@@ -148,7 +150,9 @@ def valid_recipes() -> list[str]:
 
 def split_recipe_name(name: str) -> tuple[str, str | None]:
     """``jit-irepa`` -> (jit, irepa); ``irepa`` -> (sit, irepa); ``repa-e`` -> (repa-e, repa); ``jit`` -> (jit, None):
-    a bare family name keeps the alignment as configured unless the family names a default."""
+    a bare family name keeps the alignment as configured unless the family names a default;
+    ``irepa-e`` -> (repa-e, irepa) as the paper names it."""
+    name = PAPER_NAMES.get(name, name)
     if name in ALIGNMENTS:
         return "sit", name
     if name in FAMILIES:
