@@ -30,15 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import machine_info, pick_device, print_table, write_json
+from harness import machine_info, pick_device, print_table, say, write_json
 
 from irepa.data import make_loader
 from irepa.data.folder import ImageFolderDataset
 from irepa.data.synthetic import SyntheticShapes
-
-
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
 
 
 def write_folder(root: Path, count: int, size: tuple[int, int], classes: int = 8) -> None:

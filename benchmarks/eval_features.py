@@ -20,19 +20,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 import numpy as np
-import torch
-from harness import machine_info, pick_device, print_table, time_in_turns, use_precision, write_json
+from harness import print_table, say, start, time_in_turns, use_precision, write_json
 
 from irepa.evaluate.dinov2 import DinoV2Extractor
 from irepa.evaluate.evaluator import Evaluator
 from irepa.evaluate.inception import InceptionExtractor
-
-
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
 
 
 class ActivationsCandidate:
@@ -74,13 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    threads = args.threads or (1 if args.quick else None)
-    if threads:
-        torch.set_num_threads(threads)
-    device = pick_device(args.device or ("cpu" if args.quick else None))
-    info = machine_info(device)
-    say(f"device: {info['device']} | torch {info['torch']} | threads {info['torch_threads']} | "
-        f"load {info.get('load_average_1m_at_start', '-')}")
+    device, info = start(args.device or ("cpu" if args.quick else None), args.threads or (1 if args.quick else None))
     images = np.random.default_rng(0).integers(0, 256, (args.calls_images, args.size, args.size, 3), dtype=np.uint8)
     extractors = {}
     if not args.no_inception:

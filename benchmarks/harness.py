@@ -229,6 +229,22 @@ class PeakMemory:
 # ---------------------------------------------------------------------------------------------- reporting
 
 
+def say(*parts: Any) -> None:
+    """Print at once (benchmarks run for minutes; the output should not wait in a buffer)."""
+    print(*parts, flush=True)
+
+
+def start(device_name: str | None, threads: int | None) -> tuple[torch.device, dict[str, Any]]:
+    """Set the torch thread count, pick the device and print one line describing the machine."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = pick_device(device_name)
+    info = machine_info(device)
+    say(f"device: {info['device']} | torch {info['torch']} | threads {info['torch_threads']} | "
+        f"load {info.get('load_average_1m_at_start', '-')}")
+    return device, info
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     info: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",

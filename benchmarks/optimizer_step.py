@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 import torch
-from harness import machine_info, pick_device, print_table, time_in_turns, write_json
+from harness import print_table, say, start, time_in_turns, write_json
 
 from irepa.models import create_model
 from irepa.train.ema import EMA
-
-
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
 
 
 class Call:
@@ -55,13 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = pick_device(args.device)
+    device, info = start(args.device, args.threads)
     window = args.window or (20 if device.type == "cuda" else 3)
-    info = machine_info(device)
-    say(f"device: {info['device']} | torch {info['torch']} | threads {info['torch_threads']} | "
-        f"load {info.get('load_average_1m_at_start', '-')}")
     rows = []
     for name in args.models.split(","):
         model = create_model(name, input_size=32, in_channels=4, num_classes=1000).to(device)

@@ -24,10 +24,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from typing import Any
 
 import torch
-from harness import PRECISIONS, machine_info, pick_device, print_table, time_in_turns, use_precision, write_json
+from harness import PRECISIONS, print_table, say, start, time_in_turns, use_precision, write_json
 
 from irepa.codecs import CachedLatentCodec, PixelCodec
 from irepa.config import load_config
@@ -45,10 +44,6 @@ MODELS = {  # name -> (recipe family, model, input size, channels)
     "JiT-B/16": ("jit", "JiT-B/16", 256, 3),
 }
 SAMPLERS = ("sde", "ode-euler", "ode-heun", "meanflow-1", "meanflow-2")
-
-
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
 
 
 def build_generator(model: str, meanflow: bool, device: torch.device) -> Generator:
@@ -151,13 +146,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    threads = args.threads or (1 if args.quick else None)
-    if threads:
-        torch.set_num_threads(threads)
-    device = pick_device(args.device or ("cpu" if args.quick else None))
-    info = machine_info(device)
-    say(f"device: {info['device']} | torch {info['torch']} | threads {info['torch_threads']} | "
-        f"load {info.get('load_average_1m_at_start', '-')}")
+    device, info = start(args.device or ("cpu" if args.quick else None), args.threads or (1 if args.quick else None))
     labels = torch.randint(0, 1000, (args.batch,), generator=torch.Generator().manual_seed(0)).to(device)
     plain = build_generator(args.model, meanflow=False, device=device)
     needs_mf = any(s.startswith("meanflow") for s in args.samplers)

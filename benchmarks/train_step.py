@@ -76,10 +76,10 @@ import torch.nn.functional as F
 from harness import (
     PRECISIONS,
     PeakMemory,
-    machine_info,
     peak_flops,
-    pick_device,
     print_table,
+    say,
+    start,
     synchronize,
     time_in_turns,
     use_precision,
@@ -130,10 +130,6 @@ MODELS = {
 RECIPES = ("vanilla", "repa", "irepa")
 MODES = ("eager", "compile")
 DEFAULT_MODELS = "SiT-S/2,SiT-B/2,SiT-XL/2,JiT-B/16,MeanFlow-B/2"
-
-
-def say(*parts: Any) -> None:
-    print(*parts, flush=True)
 
 
 def split_list(text: str, valid, what: str) -> list[str]:
@@ -507,19 +503,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    threads = args.threads or (1 if args.quick else None)
-    if threads:
-        torch.set_num_threads(threads)
-    device = pick_device(args.device or ("cpu" if args.quick else None))
+    device, info = start(args.device or ("cpu" if args.quick else None), args.threads or (1 if args.quick else None))
     on_gpu = device.type == "cuda"
     args.warmup = args.warmup if args.warmup is not None else (5 if on_gpu else 1)
     args.window = args.window or (10 if on_gpu else 1)
     args.reps = args.reps or (5 if on_gpu else 3)
     if args.warmup < 1:
         raise SystemExit("--warmup must be >= 1 (the first step is also the FLOP-counted one)")
-    info = machine_info(device)
-    say(f"device: {info['device']} | torch {info['torch']} | threads {info['torch_threads']} | "
-        f"load {info.get('load_average_1m_at_start', '-')}")
     peaks: dict = {}
     for precision in args.precisions:  # measured (CPU, unknown GPU) before the timings, once per precision
         value, source = peak_flops(device, precision, peaks)
