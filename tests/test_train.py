@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_overrides, with_random_encoders
 
 from irepa.config import load_config
 from irepa.train import checkpoint as ckpt_mod
@@ -14,39 +15,18 @@ from irepa.train.trainer import TrainingDiverged, train
 
 def tiny_config(out: Path, align: bool = True, **extra):
     overrides = {
-        "model.name": "SiT-S/2",
-        "model.depth": 2,
-        "model.hidden_size": 32,
-        "model.num_heads": 2,
-        "model.input_size": 8,
-        "model.in_channels": 3,
-        "model.num_classes": 4,
-        "data.source": "synthetic",
-        "data.resolution": 8,
-        "data.num_classes": 4,
         "data.synthetic_size": 64,
-        "data.num_workers": 0,
         "align.enabled": align,
-        "align.encoders": "dinov2-vit-s",
-        "align.depth": 1,
         "align.projector": "conv",
         "align.norm": "zscore",
         "align.coeff": 0.5,
-        "train.batch_size": 8,
-        "train.lr": 1e-3,
         "train.steps": 6,
         "train.log_every": 1,
         "train.ckpt_every": 3,
-        "train.sample_every": 0,
-        "train.report_to": ["none"],
         "train.ema_decay": 0.9,
-        "out": str(out),
+        **extra,
     }
-    overrides.update(extra)
-    cfg = load_config(None, overrides)
-    for e in cfg.align.encoders:
-        e.weights = "random"
-    return cfg
+    return with_random_encoders(load_config(None, tiny_overrides(out, **overrides)))
 
 
 def test_resumed_run_reproduces_uninterrupted_losses(tmp_path):

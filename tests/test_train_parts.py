@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_overrides, with_random_encoders
 
 from irepa.config import load_config
 from irepa.errors import TrainingDiverged
@@ -108,17 +109,9 @@ def test_cached_targets_train_like_targets_encoded_every_step(tmp_path, monkeypa
     monkeypatch.setenv("IREPA_HOME", str(tmp_path / "home"))
 
     def cfg(name, **extra):
-        c = load_config(None, {"model.name": "SiT-S/2", "model.depth": 2, "model.hidden_size": 32,
-                               "model.num_heads": 2, "model.input_size": 8, "model.in_channels": 3,
-                               "model.num_classes": 4, "data.source": "synthetic", "data.resolution": 8,
-                               "data.num_classes": 4, "data.synthetic_size": 32, "data.num_workers": 0,
-                               "data.flip": False, "align.encoders": "dinov2-vit-s", "align.depth": 1,
-                               "align.projector": "conv", "align.norm": "zscore", "train.batch_size": 8,
-                               "train.steps": 6, "train.ckpt_every": 100, "train.sample_every": 0,
-                               "train.report_to": ["none"], "out": str(tmp_path / name), **extra})
-        for e in c.align.encoders:
-            e.weights = "random"
-        return c
+        overrides = {"data.synthetic_size": 32, "data.flip": False, "align.projector": "conv", "align.norm": "zscore",
+                     "train.steps": 6, "train.ckpt_every": 100, **extra}
+        return with_random_encoders(load_config(None, tiny_overrides(tmp_path / name, **overrides)))
 
     live = train(cfg("live")).losses
     cached = train(cfg("cached", **{"align.cache_targets": True})).losses

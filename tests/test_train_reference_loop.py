@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from tiny import tiny_overrides, with_random_encoders
 
 from irepa.align import Aligner
 from irepa.config import load_config
@@ -32,37 +33,16 @@ def _config(out, recipe: str, **extra):
         "irepa": {"align.projector": "conv", "align.norm": "zscore", "align.zscore_alpha": 0.6, "align.coeff": 1.0},
     }
     overrides = {
-        "model.name": "SiT-S/2",
-        "model.depth": 2,
-        "model.hidden_size": 32,
-        "model.num_heads": 2,
-        "model.input_size": 8,
-        "model.in_channels": 3,
-        "model.num_classes": 4,
-        "data.source": "synthetic",
-        "data.resolution": 8,
-        "data.num_classes": 4,
         "data.synthetic_size": 48,
-        "data.num_workers": 0,
-        "align.encoders": "dinov2-vit-s",
-        "align.depth": 1,
         "align.projector_hidden_dim": 64,
-        "train.batch_size": 8,
-        "train.lr": 1e-3,
         "train.steps": STEPS,
         "train.log_every": 5,
         "train.ckpt_every": 1000,
-        "train.sample_every": 0,
-        "train.report_to": ["none"],
         "train.ema_decay": 0.9,
-        "out": str(out),
         **recipes[recipe],
         **extra,
     }
-    cfg = load_config(None, overrides)
-    for e in cfg.align.encoders:
-        e.weights = "random"
-    return cfg
+    return with_random_encoders(load_config(None, tiny_overrides(out, **overrides)))
 
 
 def _path(name: str, t: torch.Tensor):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate import Accelerator
+from tiny import tiny_overrides, with_random_encoders
 
 from irepa.codecs import codec_for_dataset
 from irepa.config import load_config
@@ -26,40 +27,22 @@ STEPS = 5
 
 
 def _config(out, recipe: str, **extra):
-    common = {
-        "model.name": "SiT-S/2",
-        "model.depth": 2,
-        "model.hidden_size": 32,
-        "model.num_heads": 2,
-        "model.input_size": 8,
-        "model.in_channels": 3,
-        "model.num_classes": 4,
-        "data.source": "synthetic",
-        "data.resolution": 8,
-        "data.num_classes": 4,
-        "data.synthetic_size": 48,
-        "data.num_workers": 0,
-        "align.encoders": "dinov2-vit-s",
-        "align.depth": 1,
-        "align.projector_hidden_dim": 64,
-        "train.batch_size": 8,
-        "train.lr": 1e-3,
-        "train.warmup_steps": 2,
-        "train.steps": STEPS,
-        "train.log_every": 2,
-        "train.ckpt_every": 1000,
-        "train.sample_every": 0,
-        "train.report_to": ["none"],
-        "train.ema_decay": 0.9,
-        "train.extra_ema_decays": [0.5],
-        "train.ema_warmup": True,
-        "out": str(out),
-        **extra,
-    }
-    cfg = load_config(None, recipe_overrides(recipe, common))
-    for e in cfg.align.encoders:
-        e.weights = "random"
-    return cfg
+    common = tiny_overrides(
+        out,
+        **{
+            "data.synthetic_size": 48,
+            "align.projector_hidden_dim": 64,
+            "train.warmup_steps": 2,
+            "train.steps": STEPS,
+            "train.log_every": 2,
+            "train.ckpt_every": 1000,
+            "train.ema_decay": 0.9,
+            "train.extra_ema_decays": [0.5],
+            "train.ema_warmup": True,
+            **extra,
+        },
+    )
+    return with_random_encoders(load_config(None, recipe_overrides(recipe, common)))
 
 
 def _run_train_step(cfg):
