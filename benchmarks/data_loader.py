@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from harness import machine_info, pick_device, print_table, say, write_json
+from harness import machine_info, pick_device, print_table, save_result, say
 
 from irepa.data import make_loader
 from irepa.data.folder import ImageFolderDataset
@@ -127,11 +127,7 @@ def main(argv=None) -> int:
             f"{train['precision']} {train['mode']} batch {train['batch']}, {train['images_per_s']:.2f} img/s")
     bytes_per_batch = args.batch * 3 * args.resolution**2 * 4
     say(f"one batch of float32 images is {bytes_per_batch / 2**20:.0f} MiB ({args.batch} x 3 x {args.resolution}^2)")
-    if args.out:
-        write_json(args.out, {"benchmark": "data_loader", "command": " ".join(sys.argv), "machine": info,
-                              "settings": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows,
-                              "training_reference": train})
-        say(f"wrote {args.out}")
+    save_result(args, "data_loader", info, rows, training_reference=train)
     return 0
 
 

@@ -22,7 +22,7 @@ import argparse
 import sys
 
 import numpy as np
-from harness import print_table, say, start, time_in_turns, use_precision, write_json
+from harness import print_table, save_result, say, start, time_in_turns, use_precision
 
 from irepa.evaluate.dinov2 import DinoV2Extractor
 from irepa.evaluate.evaluator import Evaluator
@@ -92,10 +92,7 @@ def main(argv=None) -> int:
     print_table(rows, [("extractor", "extractor", ""), ("outputs", "features", ""), ("precision", "prec", ""),
                        ("batch", "batch", "d"), ("images_per_s", "img/s", ".2f"), ("range", "img/s range", ""),
                        ("minutes_per_50k", "min/50k", ".1f")])
-    if args.out:
-        write_json(args.out, {"benchmark": "eval_features", "command": " ".join(sys.argv), "machine": info,
-                              "settings": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows})
-        say(f"wrote {args.out}")
+    save_result(args, "eval_features", info, rows)
     return 0
 
 

@@ -14,7 +14,6 @@ off against float64. Nothing is downloaded: encoders have random weights, data i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -24,6 +23,8 @@ import traceback
 from pathlib import Path
 
 import torch
+
+from irepa.utils.io import atomic_write_json
 
 RESULTS: list[dict] = []
 DEVICE = "cuda"  # --cpu-dry-run checks this script itself on a CPU (no fp16, no compile, no torchrun)
@@ -35,7 +36,7 @@ def check(name: str):
             t0 = time.perf_counter()
             try:
                 detail = fn(*args, **kwargs) or ""
-                status = "pass"
+                status = "skip" if detail.startswith("skipped") else "pass"
             except Exception as err:  # noqa: BLE001 - the table reports every failure and carries on
                 detail = f"{type(err).__name__}: {err}".splitlines()[0][:300]
                 traceback.print_exc()
@@ -219,7 +220,7 @@ def main() -> int:
     print("\n" + "\n".join(f"{r['status']:4}  {r['check']:<{width}}  {r['seconds']:>6.1f}s  {r['detail']}"
                            for r in RESULTS))
     if args.out:
-        Path(args.out).write_text(json.dumps(RESULTS, indent=2))
+        atomic_write_json(args.out, RESULTS, sort_keys=False)
     return int(any(r["status"] == "FAIL" for r in RESULTS))
 
 

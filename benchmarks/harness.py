@@ -9,10 +9,10 @@ windows, with the range beside it.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+from irepa.utils.io import atomic_write_json
 
 # Dense peak throughput in TFLOP/s, from the vendors' data sheets (no structured sparsity).
 # "fp32": plain fp32 on the CUDA cores; "tf32": fp32 tensors with TF32 tensor-core matmuls.
@@ -279,8 +281,14 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write ``payload`` atomically (a crash never leaves half a file where an old result was)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    atomic_write_json(path, payload, default=str, sort_keys=False)
+
+
+def save_result(args: Any, benchmark: str, info: dict[str, Any], rows: list[dict[str, Any]], **extra: Any) -> None:
+    """Write ``rows`` with the command, the machine and the settings to ``args.out`` (if given)."""
+    if not args.out:
+        return
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    write_json(args.out, {"benchmark": benchmark, "command": " ".join(sys.argv), "machine": info,
+                          "settings": settings, "rows": rows, **extra})
+    say(f"wrote {args.out}")

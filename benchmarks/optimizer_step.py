@@ -17,7 +17,7 @@ import argparse
 import sys
 
 import torch
-from harness import print_table, say, start, time_in_turns, write_json
+from harness import print_table, save_result, say, start, time_in_turns
 
 from irepa.models import create_model
 from irepa.train.ema import EMA
@@ -82,10 +82,7 @@ def main(argv=None) -> int:
     say("")
     print_table(rows, [("model", "model", ""), ("params_m", "M params", ".1f"), ("update", "update", ""),
                        ("ms", "ms (median)", ".2f"), ("ms_min", "min", ".2f"), ("ms_max", "max", ".2f")])
-    if args.out:
-        write_json(args.out, {"benchmark": "optimizer_step", "command": " ".join(sys.argv), "machine": info,
-                              "rows": rows})
-        say(f"wrote {args.out}")
+    save_result(args, "optimizer_step", info, rows)
     return 0
 
 

@@ -26,7 +26,7 @@ import contextlib
 import sys
 
 import torch
-from harness import PRECISIONS, print_table, say, start, time_in_turns, use_precision, write_json
+from harness import PRECISIONS, print_table, save_result, say, start, time_in_turns, use_precision
 
 from irepa.codecs import CachedLatentCodec, PixelCodec
 from irepa.config import load_config
@@ -190,10 +190,7 @@ def main(argv=None) -> int:
                        ("sampler", "sampler", ""), ("steps", "steps", "d"), ("cfg_scale", "cfg", "g"),
                        ("nfe_per_image", "NFE/img", ".1f"), ("images_per_s", "img/s", ".2f"),
                        ("range", "img/s range", ""), ("ms_per_image", "ms/img", ".1f")])
-    if args.out:
-        write_json(args.out, {"benchmark": "sample", "command": " ".join(sys.argv), "machine": info,
-                              "settings": {k: v for k, v in vars(args).items() if k != "out"}, "rows": rows})
-        say(f"wrote {args.out}")
+    save_result(args, "sample", info, rows)
     return 0
 
 

@@ -78,12 +78,12 @@ from harness import (
     PeakMemory,
     peak_flops,
     print_table,
+    save_result,
     say,
     start,
     synchronize,
     time_in_turns,
     use_precision,
-    write_json,
 )
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -539,11 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         "align ovh: time(cached targets) / time(vanilla, same objects) - 1.")
     for e in errors:
         say(f"FAILED {e['model']} {e['recipe']} {e['precision']} {e['mode']}: {e['error']}")
-    if args.out:
-        write_json(args.out, {"benchmark": "train_step", "command": " ".join(sys.argv), "machine": info,
-                              "settings": {k: v for k, v in vars(args).items() if k != "out"},
-                              "rows": rows, "errors": errors})
-        say(f"wrote {args.out}")
+    save_result(args, "train_step", info, rows, errors=errors)
     return 1 if errors else 0
 
 
