@@ -15,6 +15,7 @@ import torch
 
 from irepa.config import load_config, to_dict
 from irepa.diffusion.samplers import SamplerConfig, sample
+from irepa.experiments.diagnose import diagnose_runs, hidden_tokens
 from irepa.models import create_model
 from irepa.objectives import Draw, FlowMatching, MeanFlow, MeanFlowConfig, ObjectiveConfig, build_objective
 from irepa.recipes import recipe_overrides, split_recipe_name
@@ -546,6 +547,18 @@ def test_recipe_learns_resumes_exactly_and_samples_from_its_checkpoint(tmp_path,
     if family != "meanflow":
         with pytest.raises(ValueError, match="meanflow"):
             gen.sample_latents(labels, seeds, SamplerConfig(kind="meanflow", steps=1))
+
+    # irepa diagnose reads the run: tokens on the 4 x 4 image grid after block 2 (JiT's in-context class
+    # tokens, prepended before block 2, stripped), the noised input built on the run's own path
+    images = torch.rand(3, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    tokens = hidden_tokens(gen.model, images, 0.5, 2, in_channels=3, seed=6)
+    x0, eps = images * 2 - 1, torch.randn(3, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    _, expected = gen.model(0.5 * x0 + 0.5 * eps, torch.full((3,), 0.5), torch.full((3,), 4), return_hidden_at=2)
+    assert tokens.shape == (3, 16, 32)
+    torch.testing.assert_close(tokens, expected)
+    rows = diagnose_runs([tmp_path / "full"], times=(0.5,), depth=2, encoder_weights="random", n_train=24, n_test=12,
+                         source="synthetic")
+    assert rows[-1]["run"] == "full" and rows[-1]["step"] == 40 and 0.0 <= rows[-1]["probe"] <= 1.0
 
 
 @pytest.mark.parametrize("name", ["jit-vanilla", "jit-repa", "jit-irepa", "meanflow-vanilla", "meanflow-irepa"])
