@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_overrides
 
 from irepa.config import load_config, to_dict
 from irepa.diffusion.samplers import SamplerConfig, sample
@@ -401,35 +402,25 @@ def test_meanflow_draw_has_the_reference_share_of_r_not_equal_t():
 
 
 def tiny_run_config(out: Path, family: str, **extra):
-    overrides = {
-        "recipe": family,
-        "model.input_size": 8,
-        "model.in_channels": 3,
-        "model.num_classes": 4,
-        "data.source": "synthetic",
-        "data.resolution": 8,
-        "data.num_classes": 4,
-        "data.synthetic_size": 64,
-        "data.num_workers": 0,
-        "data.pin_memory": False,
-        "align.enabled": False,
-        "train.batch_size": 8,
-        "train.lr": 2e-3,
-        "train.steps": 40,
-        "train.log_every": 1,
-        "train.ckpt_every": 20,
-        "train.sample_every": 0,
-        "train.report_to": ["none"],
-        "train.ema_decay": 0.9,
-        "train.extra_ema_decays": [],
-        "out": str(out),
-    }
+    overrides = tiny_overrides(
+        out,
+        **{
+            "recipe": family,
+            "data.synthetic_size": 64,
+            "data.pin_memory": False,
+            "align.enabled": False,
+            "train.lr": 2e-3,
+            "train.steps": 40,
+            "train.log_every": 1,
+            "train.ckpt_every": 20,
+            "train.ema_decay": 0.9,
+            "train.extra_ema_decays": [],
+        },
+    )
     if family == "jit":
         overrides.update({"model.name": "JiT-B/16", "model.patch_size": 2, "model.bottleneck_dim": 8,
                           "model.in_context_start": 1, "model.in_context_len": 4})
-    else:
-        overrides["model.name"] = "SiT-S/2"
-    overrides.update({"model.depth": 2, "model.hidden_size": 32, "model.num_heads": 2, **extra})
+    overrides.update(extra)
     return load_config(None, overrides)
 
 
