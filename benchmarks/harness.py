@@ -279,16 +279,13 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str
         print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(c, widths))))
 
 
-def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` atomically (a crash never leaves half a file where an old result was)."""
-    atomic_write_json(path, payload, default=str, sort_keys=False)
-
-
 def save_result(args: Any, benchmark: str, info: dict[str, Any], rows: list[dict[str, Any]], **extra: Any) -> None:
-    """Write ``rows`` with the command, the machine and the settings to ``args.out`` (if given)."""
+    """Write ``rows`` with the command, the machine and the settings to ``args.out`` (if given), atomically:
+    a crash never leaves half a file where an old result was."""
     if not args.out:
         return
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    write_json(args.out, {"benchmark": benchmark, "command": " ".join(sys.argv), "machine": info,
-                          "settings": settings, "rows": rows, **extra})
+    payload = {"benchmark": benchmark, "command": " ".join(sys.argv), "machine": info, "settings": settings,
+               "rows": rows, **extra}
+    atomic_write_json(args.out, payload, default=str, sort_keys=False)
     say(f"wrote {args.out}")
