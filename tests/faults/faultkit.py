@@ -6,19 +6,21 @@ otherwise), so the suite checks what a user sees, whatever the library does insi
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from irepa.cli import main
-from irepa.utils.io import is_temp_file
+from irepa.utils.io import file_digest, is_temp_file
 
 # A SiT of depth 2 and width 32 on 8-px synthetic images, aligned at block 1 with weight-free HOG
 # targets: the whole training pipeline (model, EMA, projector, optimizer, RNG, logs) in about a second.
@@ -168,3 +170,47 @@ def reference_samples(reference_run, tmp_path_factory) -> tuple[Path, float]:
 
 def files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def digests(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under ``folder`` by relative path: what "nothing already written changed" compares."""
+    return {p.relative_to(folder).as_posix(): file_digest(p).sha256 for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_error_line(capsys) -> str:
+    """The single ``irepa <command>: ...`` line of a failed command; fails on a traceback or several lines."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.startswith("irepa ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@contextlib.contextmanager
+def small_disk(folder: Path, size: int) -> Iterator[Path]:
+    """A real tmpfs of ``size`` bytes mounted at ``folder`` (made if needed); skips the test unless it can
+    mount one (root on Linux)."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    folder.mkdir(parents=True, exist_ok=True)
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                           capture_output=True, text=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill_up(folder: Path) -> Path:
+    """Write a file into ``folder`` until its file system is full; returns it (delete it to free the space)."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        for chunk in (1 << 16, 1):
+            try:
+                while True:
+                    fh.write(b"\0" * chunk)
+            except OSError as err:
+                assert err.errno == errno.ENOSPC, err
+    return filler

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faultkit import TINY_TRAIN, cli, temp_files
+from faultkit import TINY_TRAIN, cli, digests, fill_up, one_error_line, small_disk, temp_files
 
 from irepa.train.checkpoint import checkpoint_damage, checkpoint_path, checkpoint_steps
 from irepa.utils import io
@@ -128,9 +128,43 @@ def _fail_rename(monkeypatch, target: Path) -> None:
     monkeypatch.setattr(os, "replace", full)
 
 
-@pytest.mark.parametrize("inject", [_fail_fsync, _fail_rename], ids=["write", "rename"])
+def _fail_write(monkeypatch, target: Path) -> None:
+    """ENOSPC from ``write()`` into the temp file of ``target``, for the files irepa opens itself."""
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, fh):
+            self._fh = fh
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            return getattr(self._fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self._fh.close()
+
+    def opener(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        return FullDisk(fh) if "w" in mode and io.is_temp_file_of(file, target) else fh
+
+    monkeypatch.setattr(io, "open", opener, raising=False)
+
+
+# writers that hand a temp file name to another library (PIL, matplotlib, zipfile) instead of writing
+# through irepa's own file object; a write() failing inside them is checked on a real full disk below
+WRITE_THEMSELVES = {"png", "npz", "figure", "encoder weights", "reference statistics"}
+
+
+@pytest.mark.parametrize("inject", [_fail_fsync, _fail_write, _fail_rename], ids=["fsync", "write", "rename"])
 @pytest.mark.parametrize("writer", WRITERS)
 def test_full_disk_keeps_the_previous_file(writer, inject, tmp_path, monkeypatch):
+    if inject is _fail_write and writer in WRITE_THEMSELVES:
+        pytest.skip("this writer opens the temp file itself: see the real full disk")
     name, write = WRITERS[writer]
     path = tmp_path / name
     write(path, 1)
@@ -157,3 +191,42 @@ def test_train_on_a_full_disk_stops_with_one_line_and_keeps_its_checkpoints(tmp_
     assert checkpoint_steps(run / "checkpoints") == [4]
     assert checkpoint_damage(checkpoint_path(run / "checkpoints", 4)) is None
     assert temp_files(run) == []
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_really_full_disk_fails_inside_write_and_keeps_the_previous_file(writer, tmp_path):
+    name, write = WRITERS[writer]
+    with small_disk(tmp_path / "disk", 4 << 20) as disk:
+        path = disk / name
+        write(path, 1)
+        before = digests(disk)
+        filler = fill_up(disk)
+        with pytest.raises(OSError) as err:
+            write(path, 2)
+        assert err.value.errno == errno.ENOSPC and err.value.filename == str(path)
+        filler.unlink()
+        assert digests(disk) == before  # the old file and its manifest, no temp file
+        assert io.check_file(path) is None
+        write(path, 2)  # space again: the write goes through
+        assert digests(disk)[name] != before[name]
+
+
+def test_train_fills_a_real_disk_inside_torch_save(reference_run, tmp_path, capsys):
+    """``torch.save`` reports a failed write() as ``RuntimeError: ... unexpected pos``; the user still gets
+    exit 7 naming the checkpoint, and the checkpoint before it is untouched."""
+    size = checkpoint_path(reference_run[0] / "checkpoints", 4).stat().st_size
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    with small_disk(ckpts, size + size // 2 + 8192):  # room for one checkpoint and half of the next
+        assert cli(*TINY_TRAIN, "--out", run) == 7
+        target = checkpoint_path(ckpts, 8)
+        assert one_error_line(capsys) == (
+            f"irepa train: no space left on the device writing {target} — free space or write elsewhere (--out), "
+            "then rerun; files written before are intact")
+        assert checkpoint_steps(ckpts) == [4] and temp_files(run) == []
+        assert checkpoint_damage(checkpoint_path(ckpts, 4)) is None
+        before = digests(ckpts) | {"config.yaml": digests(run)["config.yaml"]}
+        assert cli(*TINY_TRAIN, "--out", run, "--resume") == 7  # still full: the same line, nothing changed
+        assert str(target) in one_error_line(capsys)
+        assert digests(ckpts) | {"config.yaml": digests(run)["config.yaml"]} == before
+        assert temp_files(run) == []

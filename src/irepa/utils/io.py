@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import socket
 import threading
@@ -55,20 +56,53 @@ def is_temp_file(path: str | os.PathLike) -> bool:
     return name.startswith(".") and TMP_MARK in name
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+def is_temp_file_of(path: str | os.PathLike, target: str | os.PathLike) -> bool:
+    """Whether ``path`` is a temp file that a writer of ``target`` (a file name) made next to it."""
+    name = Path(path).name
+    return is_temp_file(path) and name.startswith(f".{Path(target).name}{TMP_MARK}")
+
+
+def remove_stale_temps(folder: str | os.PathLike, of: list[str] | None = None) -> list[Path]:
     """Delete temp files left in ``folder`` by killed writers; returns what was removed.
 
-    Call it only where no other process is writing into ``folder`` at the same time.
+    ``of`` limits this to the temp files of those target names (a folder that other programs also
+    write into keeps theirs). Call it only where no other process writes these targets at the same time.
     """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
     for entry in folder.iterdir():
-        if is_temp_file(entry) and entry.is_file():
+        ours = is_temp_file(entry) if of is None else any(is_temp_file_of(entry, target) for target in of)
+        if ours and entry.is_file():
             entry.unlink(missing_ok=True)
             removed.append(entry)
     return removed
+
+
+def underlying_error(err: BaseException) -> BaseException | None:
+    """The Ctrl-C or OS error behind ``err``, when a writer wrapped it in its own exception.
+
+    ``torch.save`` (and other writers in native code) report a failed ``write()`` of their Python
+    file object as ``RuntimeError: ... unexpected pos``, with the real cause (a full disk, a
+    ``KeyboardInterrupt``) only in ``__context__``; writers in Rust (safetensors) raise their own
+    error whose message ends in ``(os error 28)``. Callers need the cause to react correctly.
+    """
+    seen: set[int] = set()
+    cause = err.__cause__ or err.__context__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, KeyboardInterrupt) or (isinstance(cause, OSError) and cause.errno is not None):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    native = _NATIVE_OS_ERROR.search(str(err))
+    if native is not None:
+        code = int(native.group(1))
+        return OSError(code, os.strerror(code))
+    return None
+
+
+_NATIVE_OS_ERROR = re.compile(r"\(os error (\d+)\)")
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -125,6 +159,16 @@ class AtomicFile:
             raise err
         raise named from err
 
+    def raise_cause(self, err: BaseException) -> None:
+        """After a writer failed with ``err`` (not an ``OSError``): raise the Ctrl-C or the named OS error
+        behind it (see :func:`underlying_error`); return when there is none."""
+        cause = underlying_error(err)
+        if isinstance(cause, KeyboardInterrupt):
+            raise KeyboardInterrupt from err
+        if isinstance(cause, OSError):
+            named = self.named(cause)
+            raise (OSError(named.errno, named.strerror, named.filename) if named is cause else named) from err
+
     def commit(self, digest: FileDigest | None = None, synced: bool = False) -> Path:
         """fsync the temp file (unless ``synced``) and rename it over ``path``, then record its digest.
 
@@ -172,6 +216,10 @@ def atomic_path(path: str | os.PathLike, *, manifest: bool = False) -> Iterator[
         yield target.tmp
     except OSError as err:
         target.raise_named(err)
+    except BaseException as err:
+        target.discard()
+        target.raise_cause(err)
+        raise
     else:
         target.commit()
     finally:
@@ -218,8 +266,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", *, manifest: bool = F
     except OSError as err:
         target.discard()
         target.raise_named(err)
-    except BaseException:
+    except BaseException as err:
         target.discard()
+        target.raise_cause(err)  # a full disk or Ctrl-C inside a native writer's write()
         raise
     target.commit(writer.digest() if manifest else None, synced=True)
 
@@ -252,6 +301,21 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, *, manifest: bool = Fal
 
 # ---------------------------------------------------------------------------------------------
 # verified files
+
+
+def read_json(path: str | os.PathLike, what: str, fix: str, error: type[Exception] | None = None) -> Any:
+    """The parsed JSON file ``path``. A truncated or garbled file raises one error naming it (``what``
+    says what the file is) and ``fix``: :class:`~irepa.errors.DamagedFileError` by default, or
+    ``error(message, fix=fix)`` (e.g. ``DataError`` for an input). A missing file raises as ``open`` does."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        from irepa.errors import DamagedFileError
+
+        reason = f"not valid JSON: {err}"
+        if error is None:
+            raise DamagedFileError(path, reason, fix=fix, what=what) from err
+        raise error(f"{what} {path} is damaged ({reason})", fix=fix) from err
 
 
 def manifest_path(path: str | os.PathLike) -> Path:
@@ -418,10 +482,13 @@ __all__ = [
     "is_disk_full",
     "is_offline",
     "is_temp_file",
+    "is_temp_file_of",
     "manifest_path",
     "offline_reason",
     "reachable",
     "read_manifest",
+    "read_json",
     "remove_stale_temps",
     "temp_path",
+    "underlying_error",
 ]
