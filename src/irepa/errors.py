@@ -42,12 +42,27 @@ class IrepaError(Exception):
     kind = "error"
 
     def __init__(self, message: str = "", *args: object, fix: str | None = None):
+        message = _unwrap_worker_message(message)
         super().__init__(message, *args)
         self.message = message
         self.fix = fix
 
     def __str__(self) -> str:
         return f"{self.message} — {self.fix}" if self.fix else str(self.message)
+
+
+def _unwrap_worker_message(message: str) -> str:
+    """The original message of an error raised in a DataLoader worker process.
+
+    PyTorch re-raises such an error in the main process as ``type(err)(text)`` where ``text`` is
+    ``"Caught <type> in DataLoader worker process N. Original Traceback ..."`` ending in
+    ``"<module>.<type>: <message>"``; the user should see only that message.
+    """
+    if not isinstance(message, str) or not message.startswith("Caught ") or "Original Traceback" not in message:
+        return message
+    last = message.rstrip().splitlines()[-1]
+    name, sep, text = last.partition(": ")
+    return text if sep and " " not in name else last
 
 
 class ConfigError(IrepaError, ValueError):
@@ -82,6 +97,10 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     """No checkpoint where one was asked for."""
 
 
+class ForeignCheckpointError(CheckpointError, ValueError):
+    """A checkpoint of another run: settings that shape its weights differ from the ones given now."""
+
+
 class RunExistsError(CheckpointError, FileExistsError):
     """The output folder already holds a run that this command would overwrite."""
 
@@ -112,6 +131,7 @@ __all__ = [
     "WeightsError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "ForeignCheckpointError",
     "RunExistsError",
     "DamagedFileError",
     "TrainingDiverged",

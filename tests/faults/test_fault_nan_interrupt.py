@@ -7,12 +7,14 @@ inside): at the 6th training forward pass it returns NaN, or raises KeyboardInte
 from __future__ import annotations
 
 import contextlib
+import signal
 
 import torch
-from faultkit import TINY_TRAIN, assert_same_state, cli, temp_files
+from faultkit import TINY_TRAIN, assert_same_state, cli, digests, one_error_line, temp_files
 
 from irepa.models.sit import SiT
 from irepa.train.checkpoint import checkpoint_damage, checkpoint_path, checkpoint_steps
+from irepa.utils import io
 from irepa.utils.io import file_digest
 
 
@@ -76,3 +78,41 @@ def test_ctrl_c_leaves_consistent_files_and_says_what_to_resume(reference_run, t
     assert temp_files(run) == []
     assert cli(*TINY_TRAIN, "--out", run, "--resume") == 0
     assert_same_state(checkpoint_path(run / "checkpoints", 12), checkpoint_path(reference_run[0] / "checkpoints", 12))
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_removes_it_and_says_what_to_resume(reference_run, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """SIGINT arrives inside ``torch.save``'s write() (which wraps it in a RuntimeError): exit 130, the partial
+    file is removed, the earlier checkpoint is untouched and named in the resume hint."""
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    real_write = io._HashingWriter.write
+    seen = {"writes": 0}
+
+    def write(self, data):
+        if io.is_temp_file_of(self._fh.name, checkpoint_path(ckpts, 8)):
+            seen["writes"] += 1
+            if seen["writes"] == 3:  # part of the file is on disk
+                seen["before"] = {k: v for k, v in digests(ckpts).items() if not io.is_temp_file(k)}
+                signal.raise_signal(signal.SIGINT)
+        return real_write(self, data)
+
+    monkeypatch.setattr(io._HashingWriter, "write", write)
+    assert cli(*TINY_TRAIN, "--out", run) == 130
+    monkeypatch.undo()
+    assert one_error_line(capsys) == (
+        "irepa train: interrupted — every file written so far is complete; rerun the same command with --resume "
+        f"to continue from {checkpoint_path(ckpts, 4)}")
+    assert temp_files(run) == [] and checkpoint_steps(ckpts) == [4]
+    assert digests(ckpts) == seen["before"]  # step 4 and its manifest as they were
+    assert cli(*TINY_TRAIN, "--out", run, "--resume") == 0
+    assert_same_state(checkpoint_path(ckpts, 12), checkpoint_path(reference_run[0] / "checkpoints", 12))
+
+
+def test_nan_before_the_first_checkpoint_says_there_is_none(tmp_path, capsys):
+    run = tmp_path / "run"
+    with at_training_forward(2, poison):
+        assert cli(*TINY_TRAIN, "--out", run) == 6
+    line = one_error_line(capsys)
+    assert "non-finite loss at step 2" in line and "no checkpoint was written yet" in line and "None" not in line
+    assert checkpoint_steps(run / "checkpoints") == []

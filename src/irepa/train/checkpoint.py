@@ -8,10 +8,11 @@ system is named instead of failing deep inside ``torch.load``.
 Which checkpoint a command uses:
 
 * ``train --resume`` / ``resume=True`` / ``"latest"``: the newest checkpoint; damaged -> error.
-* ``train --resume auto``: the newest *intact* checkpoint, with a warning naming every newer,
-  damaged one (left in place, for inspection, until the run writes that step again).
+* ``train --resume auto``: the newest *usable* checkpoint, with a warning naming every newer one
+  that is damaged or that ``torch.load`` cannot read (left in place, for inspection, until the run
+  writes that step again).
 * ``train --resume PATH``: exactly that file (a folder: its newest checkpoint); never another.
-* ``sample --ckpt RUN`` (a folder): the newest intact checkpoint, and it says which.
+* ``sample --ckpt RUN`` (a folder): the newest usable checkpoint, and it says which.
 """
 
 from __future__ import annotations
@@ -112,8 +113,17 @@ def newest_intact_checkpoint(folder: str | Path) -> tuple[Path | None, list[tupl
 
 def _warn_skipped(damaged: list[tuple[Path, str]], chosen: Path) -> None:
     for path, reason in damaged:
-        log.warning("checkpoint %s is damaged (%s); using %s, the newest intact checkpoint", path, reason,
+        log.warning("checkpoint %s is damaged (%s); using %s, the newest usable checkpoint", path, reason,
                     chosen.name)
+
+
+def last_good_checkpoint_note(folder: str | Path) -> str:
+    """What a failed run leaves to continue from, for its error message: the newest checkpoint, or that
+    there is none yet."""
+    latest = latest_checkpoint(folder)
+    if latest is None:
+        return "no checkpoint was written yet (a rerun starts from step 0)"
+    return f"the last good checkpoint ({latest}) is untouched"
 
 
 def _checkpoint_folder(path: Path) -> Path:
@@ -175,6 +185,45 @@ def resolve_resume(ckpt_dir: str | Path, resume: bool | str | Path | None) -> Pa
     return path
 
 
+def load_resume_checkpoint(ckpt_dir: str | Path, resume: bool | str | Path | None) -> dict[str, Any] | None:
+    """The checkpoint a training run continues from, loaded (None: a new run); see :func:`resolve_resume`.
+
+    With ``"auto"`` a checkpoint that passes its checksum but that ``torch.load`` cannot read is
+    skipped like a damaged one (with a warning); every other choice loads exactly the file it names.
+    """
+    path = resolve_resume(ckpt_dir, resume)
+    if path is None:
+        return None
+    if resume == AUTO:
+        return _load_newest_usable(Path(ckpt_dir))
+    return load_checkpoint(path, fix="resume from the newest usable checkpoint with --resume auto, "
+                                     "or name one with --resume PATH")
+
+
+def _load_newest_usable(folder: Path, map_location: str | torch.device = "cpu", mmap: bool = True,
+                        given: Path | None = None) -> dict[str, Any]:
+    """The newest checkpoint in ``folder`` that passes its check and loads; warns about the newer ones.
+    ``given``: the folder as the user named it (for the message when it holds no checkpoint)."""
+    skipped: list[tuple[Path, str]] = []
+    for step in reversed(checkpoint_steps(folder)):
+        path = checkpoint_path(folder, step)
+        reason = checkpoint_damage(path)
+        if reason is None:
+            try:
+                ckpt = _load_file(path, map_location, mmap, fix="")
+            except CheckpointError as err:
+                reason = getattr(err, "reason", "") or err.message
+            else:
+                _warn_skipped(skipped, path)
+                return ckpt
+        skipped.append((path, reason))
+    if not skipped:
+        raise CheckpointNotFoundError(f"no step_*.pt checkpoint in {given or folder}",
+                                      fix="give a checkpoint file or a run folder that holds checkpoints/")
+    listed = "; ".join(f"{p.name}: {r}" for p, r in skipped)
+    raise CheckpointError(f"no usable checkpoint in {folder} ({listed})", fix="restore a good copy of one of them")
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """A verified checkpoint file from a file or a folder (a run folder or its ``checkpoints/``).
 
@@ -226,17 +275,29 @@ def _torch_load(path: Path, map_location: str | torch.device, mmap: bool) -> Any
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = True) -> dict[str, Any]:
-    """Load a verified checkpoint (see :func:`find_checkpoint` for files vs folders).
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = True,
+                    fix: str | None = None) -> dict[str, Any]:
+    """Load a verified checkpoint: a file exactly, a folder its newest usable one (intact and readable
+    by ``torch.load``; newer ones are named in a warning), see :func:`find_checkpoint`.
 
     ``mmap=True`` maps the tensors from the file instead of reading them into memory, so a resumed
     run does not hold a second copy of its state; drop the returned dict once it is restored.
+    ``fix`` replaces the advice given when the file cannot be loaded.
     """
+    path = Path(path)
+    if path.is_dir():
+        return _load_newest_usable(_checkpoint_folder(path), map_location, mmap, given=path)
     path = find_checkpoint(path)
+    return _load_file(path, map_location, mmap,
+                      fix or f"give its run folder ({path.parent}) to use the newest usable checkpoint")
+
+
+def _load_file(path: Path, map_location: str | torch.device, mmap: bool, fix: str) -> dict[str, Any]:
+    """``torch.load`` of a verified checkpoint file, checked to be an irepa checkpoint."""
     try:
         ckpt = _torch_load(path, map_location, mmap)
     except Exception as err:  # verified but unreadable: a format torch cannot read, or damage it found itself
-        raise _damaged(path, f"torch.load failed: {one_line(err)}", "use another checkpoint of the run") from err
+        raise _damaged(path, f"torch.load failed: {one_line(err)}", fix) from err
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
         raise CheckpointError(f"{path} is not an irepa checkpoint (missing {', '.join(missing)})",

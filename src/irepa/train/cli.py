@@ -129,8 +129,9 @@ def _family_of(config: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from irepa.recipes import recipe_overrides, split_recipe_name
     from irepa.train.trainer import train
+    from irepa.utils.console import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO)  # warnings (e.g. a skipped image) print above the progress bar, not inside it
     overrides: dict = recipe_overrides(args.recipe) if args.recipe else {}
     if args.smoke:
         family = overrides.get("recipe") or split_recipe_name(_family_of(args.config))[0]
@@ -144,7 +145,13 @@ def run(args: argparse.Namespace) -> int:
             entry.weights = entry.weights or "random"
     args.on_interrupt = lambda: resume_hint(Path(cfg.out))
     result = train(cfg, resume=args.resume)
-    print(f"finished at step {result.step}; checkpoint: {result.checkpoint}")
+    if result.checkpoint is None:  # resumed a run that had already reached train.steps: no step was taken
+        from irepa.train.checkpoint import latest_checkpoint
+
+        print(f"nothing to do: the run is already at step {result.step} of train.steps={cfg.train.steps} (latest "
+              f"checkpoint {latest_checkpoint(Path(cfg.out) / 'checkpoints')}); raise --steps to train it further")
+    else:
+        print(f"finished at step {result.step}; checkpoint: {result.checkpoint}")
     return 0
 
 

@@ -217,14 +217,15 @@ class StepLog:
 
 
 def check_finite(steps: list[int], rows: list[dict[str, float]], where: str) -> None:
-    """Raise :class:`TrainingDiverged` naming the first step whose loss or gradient norm is not finite."""
+    """Raise :class:`TrainingDiverged` naming the first step whose loss or gradient norm is not finite;
+    ``where`` says what is left to continue from (:func:`~irepa.train.checkpoint.last_good_checkpoint_note`)."""
     for step, row in zip(steps, rows):
         for key in ("loss", "grad_norm"):
             if key in row and not math.isfinite(row[key]):
                 what = "loss" if key == "loss" else "gradient norm"
                 parts = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k.startswith("loss"))
                 raise TrainingDiverged(
-                    f"non-finite {what} at step {step} ({parts}); the run stopped and {where} is untouched. "
+                    f"non-finite {what} at step {step} ({parts}); the run stopped and {where}. "
                     "Fix: lower train.lr, keep train.grad_clip on, or use bf16 instead of fp16"
                 )
 
@@ -244,9 +245,9 @@ class OverflowGuard:
     def record(self, skipped: bool, step: int) -> None:
         self.in_a_row = self.in_a_row + 1 if skipped else 0
         if self.in_a_row >= self.limit:
-            from .checkpoint import latest_checkpoint
+            from .checkpoint import last_good_checkpoint_note
 
             raise TrainingDiverged(
-                f"the fp16 loss scaler skipped {self.in_a_row} steps in a row up to step {step}; the last good "
-                f"checkpoint ({latest_checkpoint(self.checkpoints)}) is untouched. Fix: use bf16, or lower train.lr"
+                f"the fp16 loss scaler skipped {self.in_a_row} steps in a row up to step {step}; "
+                f"{last_good_checkpoint_note(self.checkpoints)}. Fix: use bf16, or lower train.lr"
             )

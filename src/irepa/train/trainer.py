@@ -21,16 +21,15 @@ from tqdm.auto import tqdm
 from irepa.codecs import codec_for_run
 from irepa.config import RunConfig, config_diff, save_config, to_dict, with_defaults
 from irepa.data import build_dataset, make_loader
-from irepa.errors import ConfigError, TrainingDiverged
+from irepa.errors import ConfigError, ForeignCheckpointError, TrainingDiverged
 from irepa.objectives import build_objective
 from irepa.sample.pipeline import Generator, make_grid, save_png
 
 from .checkpoint import (
     atomic_torch_save,
-    latest_checkpoint,
-    load_checkpoint,
+    last_good_checkpoint_note,
+    load_resume_checkpoint,
     prune_checkpoints,
-    resolve_resume,
     rng_state,
 )
 from .ema import EMA
@@ -108,10 +107,14 @@ def _check_settings(cfg: RunConfig, device: torch.device, world: int) -> None:
 
 
 def _check_resumable(ckpt: dict, cfg: RunConfig) -> None:
+    """A checkpoint of another run (other settings that shape the weights) is refused, naming each difference."""
     diff = config_diff(with_defaults(ckpt["config"]), to_dict(cfg), RESUME_MUST_MATCH)
     if diff:
-        lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, (a, b) in diff.items())
-        raise ConfigError(f"cannot resume {ckpt['path']}: the config differs in\n{lines}")
+        listed = ", ".join(f"{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+        raise ForeignCheckpointError(
+            f"cannot resume {ckpt['path']}: it belongs to a run with other settings ({listed})",
+            fix="resume with that run's settings (its config.yaml), or start a new run in another --out",
+        )
 
 
 def _check_input(x0: torch.Tensor, cfg: RunConfig) -> None:
@@ -150,8 +153,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     # ---- resume point
     run_dir = Path(cfg.out)
     ckpt_dir = run_dir / "checkpoints"
-    ckpt_path = resolve_resume(ckpt_dir, resume)
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
+    ckpt = load_resume_checkpoint(ckpt_dir, resume)  # "auto" skips a newest file torch.load cannot read
     if ckpt is not None:
         _check_resumable(ckpt, cfg)
 
@@ -282,7 +284,7 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
         at_ckpt = step % t_cfg.ckpt_every == 0 or step == end_step
         at_grid = t_cfg.sample_every > 0 and (step % t_cfg.sample_every == 0 or step == t_cfg.steps)
         if step % t_cfg.log_every == 0 or at_ckpt or at_grid:
-            read_log(f"the last good checkpoint ({latest_checkpoint(ckpt_dir)})")
+            read_log(last_good_checkpoint_note(ckpt_dir))
         if at_grid:
             save_grid()
         if at_ckpt:
