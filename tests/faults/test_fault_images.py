@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import numpy as np
 import pytest
-from faultkit import cli
+from faultkit import TINY_TRAIN, cli, digests, one_error_line
 from PIL import Image
 
 from irepa.data import CorruptImageError, DataConfig, build_dataset
@@ -75,3 +76,82 @@ def test_prepare_latents_counts_skipped_images_or_refuses(folder, tiny_vae, tmp_
     assert cli(*args, "--out", tmp_path / "fail", "--on-corrupt", "fail") == 3
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("irepa ")]
     assert len(err) == 1 and any(str(folder / b) in err[0] for b in BAD) and "--on-corrupt skip" in err[0]
+
+
+# ----------------------------------------------------------------------------- image-data problems: exit 3
+
+
+def _folder_train(path, tmp_path, *extra) -> list:
+    return [*TINY_TRAIN, "--data.source", "folder", "--data.path", path, "--data.num_classes", "2",
+            "--out", tmp_path / "run", *extra]
+
+
+def _image(path, rng) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(path)
+
+
+def _empty(root, rng):
+    root.mkdir()
+
+
+def _classes_without_images(root, rng):
+    (root / "a").mkdir(parents=True)
+    (root / "b").mkdir()
+    (root / "b" / "readme.txt").write_text("no images here")
+
+
+def _all_unreadable(root, rng):
+    for name in ("a/x.png", "b/y.jpg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"not an image")
+
+
+def _a_file(root, rng):
+    _image(root, rng)
+
+
+def _fewer_images_than_a_batch(root, rng):
+    for name in ("a/0.png", "a/1.png", "b/2.png"):
+        _image(root / name, rng)
+
+
+IMAGE_DATA_FAULTS = {  # (what the folder looks like, extra arguments, what the line must say)
+    "empty folder": (_empty, [], "no class sub-folders"),
+    "class folders without images": (_classes_without_images, [], "no images"),
+    "all images unreadable": (_all_unreadable, ["--data.verify", "true"], "none of the 2 images"),
+    "a file as the image folder": (_a_file, [], "is a file, not a folder"),
+    "a batch larger than the dataset": (_fewer_images_than_a_batch, [], "train.batch_size"),
+}
+
+
+@pytest.mark.parametrize("fault", IMAGE_DATA_FAULTS)
+def test_image_data_problems_exit_3_with_one_line(fault, tmp_path, capsys):
+    make, extra, says = IMAGE_DATA_FAULTS[fault]
+    root = tmp_path / ("x.png" if fault == "a file as the image folder" else "images")
+    make(root, np.random.default_rng(0))
+    before = digests(tmp_path)
+    assert cli(*_folder_train(root, tmp_path, *extra)) == 3
+    line = one_error_line(capsys)
+    assert says in line and "drop_last" not in line
+    assert str(root) in line or fault == "a batch larger than the dataset"
+    assert digests(tmp_path) == before  # nothing written, not even the run folder's files
+
+
+def test_a_skipped_image_is_reported_above_the_progress_bar(tmp_path, capsys):
+    """The warning goes through ``tqdm.write``: on its own line, never appended to the bar's text."""
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        _image(root / f"{'ab'[i % 2]}/{i}.png", rng)
+    (root / "a" / "cut.png").write_bytes(b"truncated")
+    logger = logging.getLogger()
+    handlers, level = logger.handlers[:], logger.level
+    logger.handlers = []  # as in a fresh `irepa` process: the command sets up its own console logging
+    try:
+        assert cli(*_folder_train(root, tmp_path, "--train.steps", "2", "--train.ckpt_every", "2")) == 0
+    finally:
+        logger.handlers, logger.level = handlers, level
+    pieces = re.split(r"[\r\n]", capsys.readouterr().err)
+    warnings = [p for p in pieces if "skipping unreadable image" in p]
+    assert warnings and all(p.startswith("WARNING") for p in warnings), warnings

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -17,7 +18,20 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from irepa.codecs.base import unit_images
+from irepa.errors import DataError
 from irepa.utils.io import atomic_torch_save, atomic_write_json, usable_file
+
+log = logging.getLogger(__name__)
+
+
+def first_non_finite(tokens: torch.Tensor) -> int | None:
+    """The first item (along dim 0) holding a NaN or infinity, or None (one pass, chunked to bound memory)."""
+    for start in range(0, tokens.shape[0], 4096):
+        chunk = tokens[start:start + 4096]
+        finite = torch.isfinite(chunk.reshape(chunk.shape[0], -1)).all(dim=1)
+        if not bool(finite.all()):
+            return start + int((~finite).nonzero()[0])
+    return None
 
 
 @torch.no_grad()
@@ -44,11 +58,19 @@ def cached_tokens(dataset: Dataset, encoder, cache_dir: str | Path, key: dict, b
     path = Path(cache_dir) / f"tokens-{digest}.pt"
     if usable_file(path, "token cache"):
         stored = torch.load(path, map_location="cpu", weights_only=True)
-        if stored.shape[0] == len(dataset):
+        bad = first_non_finite(stored)
+        if bad is not None:
+            log.warning("token cache %s holds non-finite tokens for item %d: computing it again", path, bad)
+        elif stored.shape[0] == len(dataset):
             return stored
     if not hasattr(encoder, "encode"):
         encoder = encoder()
     tokens = encode_dataset(dataset, encoder, batch_size, desc=f"encode {key.get('encoder', '')}", dtype=dtype)
+    bad = first_non_finite(tokens)
+    if bad is not None:
+        where = dataset.describe(bad) if hasattr(dataset, "describe") else f"item {bad}"
+        raise DataError(f"encoder {key.get('encoder', '')} gives non-finite tokens for {where}",
+                        fix="check that image; tokens above 65504 overflow float16 (the default): store float32")
     atomic_torch_save(tokens, path, manifest=True)
     atomic_write_json(path.with_suffix(".json"), key)
     return tokens

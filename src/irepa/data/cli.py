@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from irepa.errors import ConfigError, DataError
+from irepa.utils.console import setup_logging
 
 from .config import CORRUPT_POLICIES, DataConfig
 
@@ -80,11 +81,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_prepare_latents(args: argparse.Namespace) -> int:
     from .prepare import prepare_latents
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")  # above the progress bars
     if args.source in ("folder", "hf") and not args.data:
         raise ConfigError(f"--source {args.source} needs --data", fix="give the image folder or dataset name")
     if args.source == "folder" and not Path(args.data).expanduser().is_dir():
-        raise DataError(f"--data {args.data}: no such folder", fix="give a folder of images (root/<class>/<image>)")
+        what = "is a file, not a folder" if Path(args.data).expanduser().exists() else "no such folder"
+        raise DataError(f"--data {args.data}: {what}", fix="give a folder of images (root/<class>/<image>)")
     for name in ("batch_size", "shard_size", "resolution"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from irepa.errors import DataError
+
 from .base import CorruptImageError, ImageDataset, load_image_file
 
 log = logging.getLogger(__name__)
@@ -21,11 +23,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", "
 def resolve_folder_root(path: str | os.PathLike, split: str | None = "train") -> Path:
     """``path/<split>`` when that folder exists (ImageNet's ``train/``), else ``path`` itself."""
     root = Path(path).expanduser()
+    layout = f"root/<class>/<image> or root/{split}/<class>/<image>"
+    if root.exists() and not root.is_dir():
+        raise DataError(f"image folder {root} is a file, not a folder", fix=f"give the folder that holds {layout}")
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"image folder {root} does not exist; "
-            f"expected root/<class>/<image> or root/{split}/<class>/<image>"
-        )
+        raise FileNotFoundError(f"image folder {root} does not exist; expected {layout}")
     if split and (root / split).is_dir():
         return root / split
     return root
@@ -40,7 +42,8 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[int], li
     root = Path(root)
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
     if not classes:
-        raise ValueError(f"no class sub-folders in {root}; expected the ImageNet layout root/<class>/<image>")
+        raise DataError(f"no class sub-folders in {root}",
+                        fix="arrange the images in the ImageNet layout root/<class>/<image>")
     files: list[str] = []
     labels: list[int] = []
     ignored = 0
@@ -58,7 +61,8 @@ def list_image_folder(root: str | os.PathLike) -> tuple[list[str], list[int], li
             "ignored %d non-image files under %s (extensions: %s)", ignored, root, " ".join(IMAGE_EXTENSIONS)
         )
     if not files:
-        raise ValueError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) under the class folders of {root}")
+        raise DataError(f"no images ({' '.join(IMAGE_EXTENSIONS)}) in the {len(classes)} class folder(s) of {root}",
+                        fix="put the images in root/<class>/<image>, or give the folder that holds them")
     return files, labels, classes
 
 
@@ -113,6 +117,10 @@ class ImageFolderDataset(ImageDataset):
         if not bad:
             return
         listed = sorted(bad)
+        if len(bad) == len(self.files):
+            raise DataError(f"none of the {len(bad)} images under {self.root} can be read (e.g. {listed[0]})",
+                            fix="check the files (truncated downloads, wrong format, 16-bit images) or give "
+                                "another data.path")
         if self.on_corrupt == "fail":
             raise CorruptImageError(
                 listed[0], f"{len(listed)} unreadable image(s) under {self.root}: {listed}"

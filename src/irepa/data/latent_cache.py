@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.numpy import save as safetensors_save
 
 from irepa.errors import DataError
-from irepa.utils.io import atomic_write_bytes, file_digest
+from irepa.utils.io import atomic_write_bytes, file_digest, read_json
 
 FORMAT = "irepa-latents-v1"
 INDEX_NAME = "index.json"
@@ -40,7 +40,12 @@ class CacheMismatchError(DataError):
     """A latent cache that does not belong to the requested data / VAE / resolution."""
 
 
+# Posterior means and log-variances of a VAE are O(10) (diffusers clamps the log-variance to [-30, 20]);
+# a cached value beyond this is damage (a flipped high exponent bit), not data.
+MOMENT_LIMIT = 1e6
 REPAIR_HINT = "rerun the same `irepa prepare-latents` command: it re-encodes damaged or missing shards"
+VERIFY_HINT = ("rerun the same `irepa prepare-latents` command with --verify: it checks every shard's SHA-256 and "
+               "re-encodes the damaged ones")
 
 
 def shard_damage(
@@ -99,9 +104,12 @@ def read_index(folder: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(
             f"{folder} is not a latent cache (no {INDEX_NAME}); make one with `irepa prepare-latents`"
         )
-    index = json.loads(path.read_text())
-    if index.get("format") != FORMAT:
-        raise CacheMismatchError(f"{path}: format {index.get('format')!r}, expected {FORMAT!r}")
+    index = read_json(path, "latent cache index", error=DataError,
+                      fix="rebuild the cache: rerun `irepa prepare-latents` for this data with --overwrite "
+                          "(or restore the file)")
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        found = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise CacheMismatchError(f"{path}: format {found!r}, expected {FORMAT!r}")
     return index
 
 
@@ -180,9 +188,18 @@ class LatentCache:
         return self._handles[shard]
 
     def moments(self, index: int, flip: bool = False) -> np.ndarray:
+        """The cached moments of item ``index``. A value no VAE gives (NaN, infinity, or beyond
+        :data:`MOMENT_LIMIT`: a flipped exponent bit in a shard whose size is intact, which only the
+        SHA-256 finds) is named here instead of surfacing later as a non-finite loss."""
         shard, offset = divmod(int(index), self.shard_size)
         name = "moments_flip" if flip else "moments"
-        return self._handle(shard).get_slice(name)[offset : offset + 1][0].astype(np.float32)
+        values = self._handle(shard).get_slice(name)[offset : offset + 1][0].astype(np.float32)
+        largest = float(np.abs(values).max(initial=0.0))
+        if not largest <= MOMENT_LIMIT:  # also true for NaN
+            raise DataError(f"latent cache shard {self.folder / shard_name(shard)} holds {name} no VAE gives "
+                            f"(|value| up to {largest:.3g}) for item {int(index)} (row {offset}): the file is "
+                            "damaged", fix=VERIFY_HINT)
+        return values
 
     @property
     def skipped(self) -> list[int]:

@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from irepa.errors import DataError
+
 from .base import SampleKey
 
 
@@ -55,7 +57,7 @@ class StepLoader:
     ):
         self.size = len(dataset)  # type: ignore[arg-type]
         if self.size == 0:
-            raise ValueError("the dataset is empty")
+            raise DataError("the dataset is empty", fix="check data.path and data.limit")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}")
         if batch_size < 1 or batch_size % world_size:
@@ -63,9 +65,10 @@ class StepLoader:
                 f"the global batch size {batch_size} must be a positive multiple of world_size={world_size}"
             )
         if drop_last and batch_size > self.size:
-            raise ValueError(
-                f"batch size {batch_size} exceeds the dataset ({self.size} items) with drop_last; "
-                "use a smaller batch or drop_last=False"
+            raise DataError(
+                f"a batch of {batch_size} items exceeds the dataset ({self.size} items)",
+                fix="lower train.batch_size, or raise train.grad_accum (a batch is train.batch_size / "
+                "train.grad_accum items), or use more data",
             )
         if seed < 0 or start_step < 0:
             raise ValueError(f"seed and start_step must be >= 0, got {seed} and {start_step}")
