@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from irepa.errors import ConfigError, DataError
+from irepa.errors import ConfigError, DataError, IrepaError
 from irepa.utils.io import check_file
 
 from .features import Resizer
@@ -52,7 +52,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     samples = Path(args.samples)
     if not samples.is_file():
-        raise DataError(f"--samples {samples} does not exist", fix="give the samples_<N>.npz written by irepa sample")
+        what = "is a folder, not a file" if samples.is_dir() else "does not exist"
+        raise DataError(f"--samples {samples} {what}", fix="give the samples_<N>.npz written by irepa sample")
     damage = check_file(samples)
     if damage is not None:
         raise DataError(f"--samples {samples} cannot be read ({damage})",
@@ -73,7 +74,15 @@ def run_eval(args: argparse.Namespace) -> int:
                               num_ref=args.num_ref, resize=args.resize, eps=args.eps, cache_dir=args.cache_dir,
                               use_cache=not args.no_cache, progress=not args.no_progress)
     out = Path(args.out) if args.out else samples.parent
-    json_path, csv_path = write_results(result, out, f"eval_{samples.stem}_{args.features}")
+    stem = f"eval_{samples.stem}_{args.features}"
     print(format_summary(result))
+    if result["errors"]:  # a failed evaluation never replaces the results of an earlier, successful one
+        failed = "; ".join(f"{name}: {why}" for name, why in result["errors"].items())
+        earlier = out / f"{stem}.json"
+        kept = f" (the earlier {earlier} is kept)" if earlier.is_file() else ""
+        raise IrepaError(f"{', '.join(result['errors'])} could not be computed ({failed}); nothing was written{kept}",
+                         fix="see the FAILED lines above; with fewer samples than feature dimensions, evaluate "
+                             "more samples or pass --eps")
+    json_path, csv_path = write_results(result, out, stem)
     print(f"wrote {json_path} and {csv_path}")
-    return 1 if result["errors"] else 0
+    return 0

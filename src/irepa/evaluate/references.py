@@ -161,7 +161,10 @@ def reference_stats(
     if use_cache and cached.is_file() and damage is None:
         log.info("using cached reference statistics %s", cached)
         sidecar = cached.with_suffix(".json")
-        source = json.loads(sidecar.read_text()).get("stats_source") if sidecar.is_file() else None
+        try:
+            source = json.loads(sidecar.read_bytes().decode("utf-8")).get("stats_source") if sidecar.is_file() else None
+        except (ValueError, AttributeError):  # a damaged note only loses the description of the statistics
+            source = None
         return ReferenceStats.load(cached, info | {"from_cache": True, "stats_source": source})
 
     stats = _compute(spec, evaluator, size, num_ref, resize, fashion_root)

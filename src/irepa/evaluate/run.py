@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from irepa.errors import ConfigError
+from irepa.errors import ConfigError, DataError
 
-from .evaluator import Evaluator, load_samples
+from .evaluator import Activations, Evaluator, ReferenceStats, load_samples
 from .features import FeatureExtractor
 
 FEATURES = ("inception", "dinov2")
@@ -46,6 +47,32 @@ def build_extractor(features: str = "inception", device: str | torch.device = "c
     raise ValueError(f"unknown features {features!r}; valid: {', '.join(FEATURES)}")
 
 
+def check_reference(ref: ReferenceStats, probe: Activations, reference: str | Path) -> None:
+    """Refuse reference statistics whose shapes do not fit the features (``probe``: those of one sample image)
+    or that are not finite, naming the array; raises :class:`~irepa.errors.DataError`."""
+    expected = {"mu": (probe.pool.shape[1],), "sigma": (probe.pool.shape[1],) * 2}
+    if probe.spatial is not None:
+        expected.update(mu_s=(probe.spatial.shape[1],), sigma_s=(probe.spatial.shape[1],) * 2)
+    problems = []
+    for key, shape in expected.items():
+        value = getattr(ref, key)
+        if value is None:
+            continue
+        value = np.asarray(value)
+        if value.shape != shape:
+            problems.append(f"{key} has shape {value.shape}, the features need {shape}")
+        elif not np.isfinite(value).all():
+            problems.append(f"{key} holds NaN or inf")
+    if ref.features is not None and (ref.features.ndim != 2 or ref.features.shape[1] != probe.pool.shape[1]):
+        problems.append(f"features have shape {ref.features.shape}, the features need (N, {probe.pool.shape[1]})")
+    if problems:
+        source = ref.info.get("cache_file") if ref.info.get("from_cache") else reference
+        raise DataError(f"--ref {reference}: the reference statistics do not fit the features of this network "
+                        f"({'; '.join(problems)}; read from {source})",
+                        fix="give statistics made with the same feature network (--features), or the reference "
+                            "images to compute them")
+
+
 def evaluate_samples(
     samples: str | Path, reference: str, extractor: FeatureExtractor, batch_size: int = 50,
     num_samples: int | None = None, num_ref: int | None = None, resize: bool = False, eps: float = 0.0,
@@ -66,11 +93,16 @@ def evaluate_samples(
     if ref.image_size is not None and tuple(ref.image_size) != size and not resize:
         raise ValueError(f"resolution mismatch: samples are {size[0]}x{size[1]}, cached reference statistics were "
                          f"made at {ref.image_size[0]}x{ref.image_size[1]}")
+    # one image shows the feature sizes: a reference that does not fit is refused before the long part
+    check_reference(ref, evaluator.activations(images[:1], desc="probe"), reference)
     acts = evaluator.activations(images, desc="sample features")
     result = evaluator.evaluate(acts, ref)
     result.update(samples=str(samples), reference=str(reference), image_size=list(size),
                   reference_info=ref.info, seconds=round(time.time() - t0, 1))
     settings = Path(samples).with_suffix(".json")
-    if settings.is_file():
-        result["sampling"] = json.loads(settings.read_text())
+    if settings.is_file():  # the sampling settings travel with the numbers; a damaged record is only named
+        try:
+            result["sampling"] = json.loads(settings.read_bytes().decode("utf-8"))
+        except ValueError as err:  # JSON and UTF-8 errors
+            result["warnings"].append(f"the sampling record {settings} is damaged ({err}); results lack it")
     return result

@@ -115,17 +115,15 @@ def sampling_settings(generator: Any, cfg: SamplerConfig, batch_size: int, num_p
 
 
 def run_sample(args: argparse.Namespace) -> int:
-    import json
-
     import numpy as np
     import torch
     from accelerate import PartialState
 
     from irepa.evaluate.npz import open_npz_array
     from irepa.sample.large_scale import (
-        RUN_FILE,
         SamplingPlan,
         class_grid,
+        read_run_file,
         resolve_classes,
         run_sampling,
     )
@@ -149,8 +147,8 @@ def run_sample(args: argparse.Namespace) -> int:
                                                           generator.precision)
     shard_size = args.shard_size
     if shard_size is None:  # keep the layout of a run being resumed
-        run_file = out / RUN_FILE
-        shard_size = json.loads(run_file.read_text())["shard_size"] if run_file.is_file() else DEFAULT_SHARD_SIZE
+        recorded = read_run_file(out) or {}
+        shard_size = recorded.get("shard_size", DEFAULT_SHARD_SIZE)
     classes = resolve_classes(generator.num_classes, args.classes, args.unconditional)
     plan = SamplingPlan(args.num_samples, classes, args.seed, shard_size, args.labels)
     settings = sampling_settings(generator, cfg, args.batch_size, state.num_processes)

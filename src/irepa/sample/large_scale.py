@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from irepa.errors import CheckpointError, ConfigError
+from irepa.errors import CheckpointError, ConfigError, DamagedFileError
 from irepa.evaluate.npz import NpzWriter, check_images, open_npz_array, save_npz
 from irepa.sample.labels import LABEL_MODES, LABEL_SCHEMES, sample_labels
-from irepa.utils.io import atomic_write_json, remove_stale_temps, usable_file
+from irepa.utils.io import atomic_write_json, read_json, remove_stale_temps, usable_file
 
 log = logging.getLogger(__name__)
 
@@ -408,17 +408,43 @@ def _identity(settings: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in {**LEGACY_SETTINGS, **settings}.items() if k not in RESUMABLE_KEYS}
 
 
+def read_run_file(out_dir: str | Path) -> dict[str, Any] | None:
+    """The settings recorded in ``out_dir/run.json`` (None before the first run); a damaged file is named."""
+    path = Path(out_dir) / RUN_FILE
+    if not path.is_file():
+        return None
+    record = read_json(path, "sampling record", fix=(
+        f"it records the settings the shards in {Path(out_dir) / SHARD_DIR} were made with: restore it, or delete "
+        f"{out_dir} (or use another --out) to sample again from scratch"))
+    if not isinstance(record, dict):
+        raise DamagedFileError(path, f"holds a {type(record).__name__}, not the settings", what="sampling record",
+                               fix=f"delete {out_dir} (or use another --out) to sample again from scratch")
+    return record
+
+
+def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"sampler.steps": 4, ...}``, so a difference names the field, not the whole dict."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def check_or_write_run(out_dir: str | Path, settings: dict[str, Any], write: bool) -> None:
     """Refuse to resume a folder made with other settings; record them on the first run."""
     path = Path(out_dir) / RUN_FILE
-    if path.is_file():
-        old = _identity(json.loads(path.read_text()))
-        new = _identity(json.loads(json.dumps(settings)))  # normalise tuples etc. as JSON does
+    recorded = read_run_file(out_dir)
+    if recorded is not None:
+        old = _flat(_identity(recorded))
+        new = _flat(_identity(json.loads(json.dumps(settings))))  # normalise tuples etc. as JSON does
         diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
         if diff:
             detail = "; ".join(f"{k}: {old.get(k)!r} there, {new.get(k)!r} now" for k in diff)
             hint = ""
-            if set(diff) & set(LEGACY_SETTINGS):
+            if {k.split(".")[0] for k in diff} & set(LEGACY_SETTINGS):
                 hint = (" (runs made before --labels and --precision existed used --labels balanced "
                         "--precision fp32)")
             raise ConfigError(f"{out_dir} holds samples made with other settings ({detail}). Use another --out, "
@@ -453,8 +479,12 @@ def run_sampling(
     is_main = rank == 0
     if is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        # temp files left by a killed run (a merged file can be tens of GB); nobody else writes them yet
         if (out_dir / SHARD_DIR).is_dir():
-            remove_stale_temps(out_dir / SHARD_DIR)  # left by a killed run; nobody else writes yet
+            remove_stale_temps(out_dir / SHARD_DIR)
+        merged = samples_path(out_dir, plan.num_samples)
+        for stale in remove_stale_temps(out_dir, of=[merged.name, merged.with_suffix(".json").name, RUN_FILE]):
+            log.info("removed %s, left by an earlier run that was stopped while writing", stale)
         clear_markers(out_dir)
     check_or_write_run(out_dir, settings, write=is_main)
     assignment = assign_work(missing_ranges(plan, out_dir), world_size, plan.shard_size)

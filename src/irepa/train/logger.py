@@ -11,6 +11,13 @@ from irepa.utils.io import atomic_open
 log = logging.getLogger(__name__)
 
 
+UNDECODABLE = "\ufffd"  # what bytes that are not UTF-8 decode to
+
+
+def _is_header(row: list[str] | None) -> bool:
+    return bool(row) and row[0] == "step" and not any(UNDECODABLE in cell for cell in row)
+
+
 class ScalarLogger:
     """Appends one row per logged step to ``metrics.csv``; mirrors to TensorBoard / wandb."""
 
@@ -26,8 +33,10 @@ class ScalarLogger:
         if unknown:
             raise ValueError(f"unknown report_to {sorted(unknown)}; valid: tensorboard, wandb, none")
         if self.path.exists():
-            with open(self.path) as f:
-                header = next(csv.reader(f), None)
+            with open(self.path, "rb") as f:
+                header = next(csv.reader([f.readline().decode("utf-8", errors="replace")]), None)
+            if not _is_header(header):  # damaged: set aside by the full read
+                header = (self._read_rows() or [None])[0]
             self._columns = header
         if "tensorboard" in report_to:
             try:
@@ -51,8 +60,7 @@ class ScalarLogger:
         extra = [k for k in row if k not in self._columns]
         if extra:  # a new scalar appeared: rewrite the header, keep the rows
             self._columns += extra
-            with open(self.path) as f:
-                rows = list(csv.reader(f))[1:]
+            rows = self._read_rows()[1:]
             self._rewrite([self._columns, *rows])
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([row.get(k, "") for k in self._columns])
@@ -66,14 +74,34 @@ class ScalarLogger:
         """Drop rows logged after ``step`` and rows torn by a kill (used when a run resumes)."""
         if not self.enabled or not self.path.exists():
             return
-        text = self.path.read_text()
-        if not text.endswith("\n"):  # the last row was cut off by a kill while it was appended
-            text = text[: text.rfind("\n") + 1]
-        rows = list(csv.reader(text.splitlines()))
+        rows = self._read_rows()
         if not rows:
             return
-        kept = [rows[0]] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= step]
+        kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= step]
         self._rewrite(kept)
+
+    def _read_rows(self) -> list[list[str]]:
+        """The header and the whole rows of the log. A damaged log never stops a run: a row cut off by a
+        kill, or with undecodable bytes (disk damage) or no step number, is dropped with a warning; a
+        damaged header sets the whole file aside (``metrics.csv.damaged``) and the log starts again."""
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):  # the last row was cut off by a kill while it was appended
+            data = data[: data.rfind(b"\n") + 1]
+        text = data.decode("utf-8", errors="replace")
+        rows = [r for r in csv.reader(text.splitlines()) if r]
+        if not rows:
+            return []
+        header, body = rows[0], rows[1:]
+        if not _is_header(header):
+            aside = self.path.with_name(self.path.name + ".damaged")
+            self.path.replace(aside)
+            log.warning("training log %s has a damaged header: moved it to %s and started a new log", self.path, aside)
+            return []
+        kept = [r for r in body if r[0].isdigit() and not any(UNDECODABLE in cell for cell in r)]
+        if len(kept) < len(body):
+            log.warning("training log %s: dropped %d damaged row(s) (undecodable bytes or no step number)",
+                        self.path, len(body) - len(kept))
+        return [header, *kept]
 
     def _rewrite(self, rows: list[list]) -> None:
         """Replace the whole file at once (a row torn by a kill while appending is dropped on resume)."""
