@@ -162,6 +162,26 @@ def test_damaged_token_cache_is_named_and_recomputed(damage, tmp_path, caplog):
     torch.testing.assert_close(again, first, rtol=0, atol=0)
 
 
+def test_a_token_cache_with_non_finite_tokens_is_named_and_recomputed(tmp_path, caplog):
+    """A cache whose manifest matches (written with the NaN) still never serves a non-finite target."""
+    from irepa.align.target_cache import cached_tokens
+    from irepa.utils.io import atomic_torch_save
+
+    g = torch.Generator().manual_seed(0)
+    dataset = [{"image": torch.rand(3, 8, 8, generator=g)} for _ in range(6)]
+    key = {"encoder": "counting", "n": 6}
+    first = cached_tokens(dataset, CountingEncoder(), tmp_path, key, batch_size=4)
+    (path,) = tmp_path.glob("tokens-*.pt")
+    poisoned = first.clone()
+    poisoned[4, 1, 0] = float("inf")
+    atomic_torch_save(poisoned, path, manifest=True)
+    calls = CountingEncoder.calls
+    with caplog.at_level(logging.WARNING):
+        again = cached_tokens(dataset, CountingEncoder(), tmp_path, key, batch_size=4)
+    assert f"token cache {path} holds non-finite tokens for item 4" in caplog.text and CountingEncoder.calls > calls
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("damage", DAMAGES)
 def test_damaged_feature_cache_is_named_and_recomputed(damage, tmp_path, caplog):
     from irepa.metrics.features import FeatureRequest, load_features
