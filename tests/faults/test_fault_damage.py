@@ -426,6 +426,29 @@ def test_eval_refuses_reference_statistics_of_the_wrong_shape_before_any_sample_
     assert digests(tmp_path) == before
 
 
+def test_a_metric_that_fails_never_replaces_an_earlier_result(reference_samples, tmp_path, capsys, monkeypatch):
+    from irepa.evaluate import cli as eval_cli
+    from irepa.evaluate import evaluator
+    from irepa.evaluate.frechet import FrechetDistanceError
+
+    def singular(*args, **kwargs):
+        raise FrechetDistanceError("fid: the matrix square root is not finite")
+
+    monkeypatch.setattr(eval_cli, "build_extractor", lambda *a, **k: CountingMeanColour())
+    monkeypatch.setattr(evaluator, "frechet_distance_details", singular)
+    samples = tmp_path / "samples_24.npz"
+    shutil.copy(reference_samples[0] / "samples_24.npz", samples)
+    earlier = tmp_path / "eval_samples_24_inception.json"
+    earlier.write_text('{"metrics": {"fid": 1.0}}\n')
+    before = digests(tmp_path)
+    assert cli("eval", "--samples", samples, "--ref", samples, "--no-cache", "--no-progress") == 1
+    line = one_error_line(capsys)
+    assert line.startswith("irepa eval: fid could not be computed") and f"the earlier {earlier} is kept" in line
+    failed = tmp_path / "eval_samples_24_inception.failed.json"
+    assert json.loads(failed.read_text())["errors"] == {"fid": "fid: the matrix square root is not finite"}
+    assert {k: v for k, v in digests(tmp_path).items() if k != failed.name} == before
+
+
 def test_eval_names_a_folder_given_as_samples(tmp_path, capsys):
     assert cli("eval", "--samples", tmp_path, "--ref", "fashion-mnist") == 3
     assert f"--samples {tmp_path} is a folder, not a file" in one_error_line(capsys)

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from irepa.errors import ConfigError, DataError, IrepaError
-from irepa.utils.io import check_file
+from irepa.utils.io import atomic_write_json, check_file
 
 from .features import Resizer
 from .references import FASHION_MNIST
@@ -77,12 +77,13 @@ def run_eval(args: argparse.Namespace) -> int:
     stem = f"eval_{samples.stem}_{args.features}"
     print(format_summary(result))
     if result["errors"]:  # a failed evaluation never replaces the results of an earlier, successful one
-        failed = "; ".join(f"{name}: {why}" for name, why in result["errors"].items())
+        failed_json = out / f"{stem}.failed.json"
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(failed_json, result)
         earlier = out / f"{stem}.json"
-        kept = f" (the earlier {earlier} is kept)" if earlier.is_file() else ""
-        raise IrepaError(f"{', '.join(result['errors'])} could not be computed ({failed}); nothing was written{kept}",
-                         fix="see the FAILED lines above; with fewer samples than feature dimensions, evaluate "
-                             "more samples or pass --eps")
+        kept = f"; the earlier {earlier} is kept" if earlier.is_file() else ""
+        raise IrepaError(f"{', '.join(result['errors'])} could not be computed (details in {failed_json}{kept})",
+                         fix="see the FAILED lines above; pass --eps 1e-6 to regularise a singular covariance")
     json_path, csv_path = write_results(result, out, stem)
     print(f"wrote {json_path} and {csv_path}")
     return 0
