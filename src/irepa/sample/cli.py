@@ -140,7 +140,7 @@ def run_sample(args: argparse.Namespace) -> int:
     use_ema = not args.no_ema
     generator = load_generator(args.ckpt, use_ema=use_ema, device=state.device, vae=args.vae,
                                precision=args.precision)
-    ckpt_file = generator.info.get("checkpoint") or args.ckpt  # a run folder resolves to its newest intact step
+    ckpt_file = generator.info.get("checkpoint") or args.ckpt  # a run folder resolves to its newest usable step
     if state.is_main_process:
         print(f"using checkpoint {ckpt_file} (step {generator.info.get('step')})", file=sys.stderr)
     out = Path(args.out) if args.out else default_out_dir(ckpt_file, cfg, use_ema, args.seed, args.labels,

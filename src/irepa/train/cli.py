@@ -88,7 +88,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="auto|PATH",
         help="continue the run in --out from its latest checkpoint (refused if it is damaged); "
-        "'--resume auto': from the newest intact one, with a warning; '--resume PATH': from that file only",
+        "'--resume auto': from the newest usable one (intact and loadable), with a warning; "
+        "'--resume PATH': from that file only",
     )
     p.add_argument(
         "--smoke",
