@@ -194,18 +194,21 @@ def load_resume_checkpoint(ckpt_dir: str | Path, resume: bool | str | Path | Non
     path = resolve_resume(ckpt_dir, resume)
     if path is None:
         return None
-    if resume == AUTO:
-        return _load_newest_usable(Path(ckpt_dir))
+    if resume == AUTO:  # newer damaged checkpoints were named by resolve_resume; go on from its choice
+        return _load_newest_usable(Path(ckpt_dir), up_to=path)
     return load_checkpoint(path, fix="resume from the newest usable checkpoint with --resume auto, "
                                      "or name one with --resume PATH")
 
 
 def _load_newest_usable(folder: Path, map_location: str | torch.device = "cpu", mmap: bool = True,
-                        given: Path | None = None) -> dict[str, Any]:
-    """The newest checkpoint in ``folder`` that passes its check and loads; warns about the newer ones.
-    ``given``: the folder as the user named it (for the message when it holds no checkpoint)."""
+                        given: Path | None = None, up_to: Path | None = None) -> dict[str, Any]:
+    """The newest checkpoint in ``folder`` (``up_to`` that one) that passes its check and loads; warns
+    about the newer ones. ``given``: the folder as the user named it (for the message when it holds none)."""
     skipped: list[tuple[Path, str]] = []
-    for step in reversed(checkpoint_steps(folder)):
+    steps = checkpoint_steps(folder)
+    if up_to is not None:
+        steps = [s for s in steps if s <= int(STEP_FILE.match(up_to.name).group(1))]
+    for step in reversed(steps):
         path = checkpoint_path(folder, step)
         reason = checkpoint_damage(path)
         if reason is None:
