@@ -483,7 +483,8 @@ def run_sampling(
         if (out_dir / SHARD_DIR).is_dir():
             remove_stale_temps(out_dir / SHARD_DIR)
         merged = samples_path(out_dir, plan.num_samples)
-        for stale in remove_stale_temps(out_dir, of=[merged.name, merged.with_suffix(".json").name, RUN_FILE]):
+        ours = [merged.name, merged.with_suffix(".json").name, f"{merged.stem}_grid.png", RUN_FILE]
+        for stale in remove_stale_temps(out_dir, of=ours):
             log.info("removed %s, left by an earlier run that was stopped while writing", stale)
         clear_markers(out_dir)
     check_or_write_run(out_dir, settings, write=is_main)
