@@ -140,6 +140,29 @@ def test_both_forms_build_the_target_of_a_central_finite_difference(form):
     assert ((target - (v - jvp_term)).norm() / jvp_term.norm()).item() < 1e-3
 
 
+def test_two_pass_under_ddp_gives_the_single_process_gradients_and_single_pass_refuses_it(tmp_path):
+    """One-process gloo group: DDP's forward (buffer broadcast) cannot run inside torch.func.jvp, so the JVP
+    runs on the bare network; the gradient pass goes through the wrapper (its all-reduce)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        base = AlignedModel(perturbed_sit(torch.float64), None, 1)
+        x0, labels, d = batch(torch.float64)
+        grads = []
+        for wrap in (False, True):
+            net = copy.deepcopy(base)
+            objective(cfg_kappa=0.5).loss(DistributedDataParallel(net) if wrap else net, x0, labels,
+                                          draw=d)["loss"].backward()
+            grads.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+        assert relative(grads[1], grads[0]) < 1e-12
+        with pytest.raises(ValueError, match="two-pass"):
+            objective(jvp="single").loss(DistributedDataParallel(copy.deepcopy(base)), x0, labels, draw=d)
+    finally:
+        dist.destroy_process_group()
+
+
 def test_unknown_precision_or_form_is_a_config_error():
     with pytest.raises(ValueError, match="precision"):
         objective(precision="bf16")

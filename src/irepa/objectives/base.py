@@ -44,9 +44,10 @@ class MeanFlowConfig:
     # off, as the reference; autocast: under the run's mixed precision (faster, but the target is a
     # difference of large terms and moves by tens of percent per element in bf16: docs/fidelity.md)
     precision: str = "fp32"
-    # single: the loss's prediction is the JVP's own primal output (one forward-mode pass with gradients,
-    # then one backward), as the reference; two-pass: a no-grad JVP pass, then an ordinary forward and backward
-    jvp: str = "single"
+    # two-pass: a no-grad JVP pass, then an ordinary forward and backward (DDP, fused attention, compile);
+    # single: the loss's prediction is the JVP's own primal output (one forward-mode pass with gradients, then
+    # one backward; a forward fewer, single-process runs only), as the reference
+    jvp: str = "two-pass"
 
 
 @dataclass

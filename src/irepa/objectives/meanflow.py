@@ -12,12 +12,16 @@ held fixed (stop-gradient), and the loss is the adaptively weighted squared erro
 
 Two forms compute the same loss and gradients (``objective.meanflow.jvp``):
 
-* ``single`` (the default, as the reference): one forward-mode pass with gradients enabled gives both
-  ``u_theta`` (the JVP's primal output, which the loss differentiates) and the JVP, then one backward.
-  The whole pass runs on the math attention kernel, the one with a forward-mode derivative everywhere,
-  and linear layers use a forward-mode rule for constant weights (:mod:`irepa.objectives.forward_mode`).
-* ``two-pass``: the JVP under ``no_grad`` first, then an ordinary forward and backward for the gradient,
-  which fused attention kernels, DDP and ``torch.compile`` handle as for SiT. One forward more.
+* ``two-pass`` (the default): the JVP under ``no_grad`` first, on the bare network (a DDP wrapper's
+  forward cannot run inside ``torch.func.jvp``), then an ordinary forward and backward for the gradient,
+  which DDP (gradient all-reduce), fused attention kernels and ``torch.compile`` handle as for SiT.
+* ``single`` (the reference's form): one forward-mode pass with gradients enabled gives both ``u_theta``
+  (the JVP's primal output, which the loss differentiates) and the JVP, then one backward: one forward
+  fewer. The whole pass runs on the math attention kernel, eagerly; single-process runs only (DDP
+  all-reduces gradients through its wrapper's forward, which cannot run inside the JVP).
+
+Both run the JVP on the math attention kernel, the one with a forward-mode derivative everywhere, and give
+linear layers a forward-mode rule for constant weights (:mod:`irepa.objectives.forward_mode`).
 
 ``objective.meanflow.precision``: ``fp32`` (the default, as the reference) runs the network calls of the
 loss, the JVP, the target and the loss with autocast off; ``autocast`` leaves them under the run's mixed
@@ -142,9 +146,13 @@ class MeanFlow(Objective):
     def loss(self, net, x0, labels, generator=None, targets=None, draw: Draw | None = None):
         d = draw if draw is not None else self.draw(x0, labels, generator)
         m = self.cfg.meanflow
+        bare = _bare(net)
+        if m.jvp == "single" and bare is not net:
+            raise ConfigError("objective.meanflow.jvp single cannot run under DistributedDataParallel (its forward "
+                              "cannot run inside torch.func.jvp); set objective.meanflow.jvp two-pass")
         with self.precision_context(x0.device):
             z = self.path.sample_xt(x0, d.noise, d.t)
-            plain = _plain_call(net)
+            plain = _plain_call(bare)  # the no-grad calls need no gradient synchronisation
             v = self.guided_velocity(plain, z, d.t, self.path.velocity(x0, d.noise, d.t), d.labels)
             if m.jvp == "single":
                 pred, aux, u_target = self.prediction_and_target(net, z, d.r, d.t, v, d.labels, targets)
@@ -176,6 +184,13 @@ def _tangents(v: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> tuple[torch.
 def _target(v: torch.Tensor, r: torch.Tensor, t: torch.Tensor, dudt: torch.Tensor) -> torch.Tensor:
     """``v - clip(t - r, 0, 1) * du/dt``, held fixed."""
     return (v - _bcast((t - r).clamp(0.0, 1.0), v) * dudt).detach()
+
+
+def _bare(net):
+    """The network inside a ``DistributedDataParallel`` wrapper (or ``net`` itself)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return net.module if isinstance(net, DistributedDataParallel) else net
 
 
 def _plain_call(net):
