@@ -1,8 +1,8 @@
 """What MeanFlow's JVP costs against flow matching, and where ``torch.func.jvp`` runs.
 
     python benchmarks/meanflow_jvp.py [--depth 12] [--width 384] [--heads 6] [--input-size 32] [--batch 8]
-                                      [--reps 5] [--rounds 3] [--threads 1] [--device cpu] [--parts 123]
-    python benchmarks/meanflow_jvp.py --quick --threads 1   # part 1 on a depth-4 model, 64 tokens (a minute)
+                                      [--reps 5] [--rounds 3] [--threads 1] [--device cpu] [--parts 1234]
+    python benchmarks/meanflow_jvp.py --quick --threads 1   # parts 1 and 4 on a depth-4 model, 64 tokens
 
 A SiT-S-like backbone (SiT-S/2: depth 12, width 384, 6 heads, on 32x32x4 latents = 256 tokens) by default.
 Times are medians; on the CPU they are this process's CPU seconds (robust to other jobs on a shared machine),
@@ -17,7 +17,9 @@ on a GPU wall seconds. Prints, on the machine it runs on:
    and with each forced kernel (the error's first line when not);
 3. whether the JVP runs through ``torch.compile`` (the whole model, and block by block as ``train.compile``
    does), the first call's time (tracing + compiling), the steady-state time and the largest difference
-   from eager mode.
+   from eager mode;
+4. how far the MeanFlow target, its JVP term and the error move under bf16 autocast
+   (``objective.meanflow.precision: autocast``) from the float32 default (relative L2, and the worst sample).
 """
 
 from __future__ import annotations
@@ -204,6 +206,32 @@ def measure_compile(args, device, backbone, x0, labels) -> None:
             print(f"   {name:<36s} fails: {first_line(err)}")
 
 
+def measure_precision(backbone, x0, labels) -> None:
+    """What bf16 autocast does to the MeanFlow target (``precision: autocast``) against float32 (the default)."""
+    print("\n4. MeanFlow target and error under bf16 autocast (precision: autocast) vs float32 (precision: fp32)")
+    gen = torch.Generator(device=x0.device).manual_seed(1)
+    objective = meanflow("two-pass", precision="autocast")
+    d = objective.draw(x0, labels, gen)
+    d.r = torch.where(d.r < d.t, d.r, d.t * 0.5)  # every row with r < t: the JVP term acts everywhere
+    z, v = objective.path.sample_xt(x0, d.noise, d.t), objective.path.velocity(x0, d.noise, d.t)
+
+    def u(z_, t_, y, r=None):
+        return backbone(z_, t_, y, r=r)
+
+    results = {}
+    for name, ctx in (("fp32", contextlib.nullcontext()), ("bf16", torch.autocast(x0.device.type, torch.bfloat16))):
+        with ctx:
+            target = objective.mean_flow_target(u, z, d.r, d.t, v, d.labels).float()
+            with torch.no_grad():
+                pred = u(z, d.t, d.labels, r=d.r).float()
+        results[name] = (target, v - target, pred - target)
+    names = ("target u_tgt", "JVP term (t - r) du/dt", "error u - u_tgt")
+    for label, exact, low in zip(names, results["fp32"], results["bf16"]):
+        rel = ((low - exact).norm() / exact.norm()).item()
+        per_sample = ((low - exact).flatten(1).norm(dim=1) / exact.flatten(1).norm(dim=1)).max().item()
+        print(f"   {label:<24s} relative L2 difference {rel:.2e} (worst sample {per_sample:.2e})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=12)
@@ -217,10 +245,12 @@ def main() -> None:
                         help="part 1 without the guided rows, on a SiT-S/2-wide model of depth 4, 16x16 latents")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--parts", default="123", help="which parts to run, e.g. 12 (compiling is slow on a CPU)")
+    parser.add_argument("--parts", default=None,
+                        help="which parts to run, e.g. 12 (default 1234; compiling is slow on a CPU; --quick: 14)")
     args = parser.parse_args()
     if args.quick:
-        args.depth, args.input_size, args.parts = 4, 16, "1"
+        args.depth, args.input_size = 4, 16
+    args.parts = args.parts or ("14" if args.quick else "1234")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -238,6 +268,8 @@ def main() -> None:
         measure_backends(backbone, x0, labels)
     if "3" in args.parts:
         measure_compile(args, device, backbone, x0, labels)
+    if "4" in args.parts:
+        measure_precision(backbone, x0, labels)
 
 
 if __name__ == "__main__":
