@@ -109,26 +109,34 @@ def test_float32_rmsnorm_and_attention_logits_under_autocast_are_float32_computa
     torch.testing.assert_close(out, weights.bfloat16() @ v, rtol=0, atol=0)
 
 
-def test_jit_fp32_ops_under_bf16_autocast_stay_closer_to_float32():
-    """A perturbed tiny JiT: its bf16-autocast output is nearer the float32 output with fp32_ops (as JiT)
-    than with everything in bf16; without autocast the two settings are the same network."""
+def test_jit_attention_under_bf16_autocast_stays_closer_to_float32_with_fp32_ops():
+    """JiT's attention block (qk-RMSNorm with large gains: sharp softmaxes) under bf16 autocast: with fp32_ops
+    (as JiT) its output is nearer the float32 output than with everything in bf16 and the fused kernel; without
+    autocast the two settings are the same function. And a whole tiny JiT keeps the same parameters."""
+    from irepa.models.layers import Attention
+
+    torch.manual_seed(0)
+    ref = Attention(64, 4, qk_norm=True, fp32=True)
+    with torch.no_grad():
+        ref.q_norm.weight.fill_(3.0)
+        ref.k_norm.weight.fill_(3.0)
+    fast = Attention(64, 4, qk_norm=True, fp32=False)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 48, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        exact = ref(x)
+        torch.testing.assert_close(fast(x), exact, rtol=1e-5, atol=1e-6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            err_ref = ((ref(x).float() - exact).norm() / exact.norm()).item()
+            err_fast = ((fast(x).float() - exact).norm() / exact.norm()).item()
+    assert err_ref < err_fast, (err_ref, err_fast)  # 1.09e-2 against 1.21e-2: the projections stay bf16 in both
+
     kw = dict(depth=2, hidden_size=32, num_heads=2, patch_size=2, bottleneck_dim=8, input_size=8,
               in_context_start=1, in_context_len=4, num_classes=4)
-    torch.manual_seed(0)
-    ref = create_model("JiT-B/16", **kw, fp32_ops=True)
-    fast = create_model("JiT-B/16", **kw, fp32_ops=False)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.3 * torch.randn_like(p))
-    fast.load_state_dict(ref.state_dict())
-    x, t, y = torch.randn(4, 3, 8, 8) * 3, torch.tensor([0.1, 0.4, 0.7, 0.95]), torch.tensor([0, 1, 2, 4])
-    with torch.no_grad():
-        exact = ref(x, t, y)
-        torch.testing.assert_close(fast(x, t, y), exact, rtol=1e-5, atol=1e-5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            err_ref = (ref(x, t, y).float() - exact).norm() / exact.norm()
-            err_fast = (fast(x, t, y).float() - exact).norm() / exact.norm()
-    assert err_ref < err_fast, (err_ref.item(), err_fast.item())
+    a, b = create_model("JiT-B/16", **kw), create_model("JiT-B/16", **kw, fp32_ops=False)
+    assert a.config.fp32_ops and a.state_dict().keys() == b.state_dict().keys()
+    assert any(isinstance(m, Float32RMSNorm) for m in a.modules())
+    assert not any(isinstance(m, Float32RMSNorm) for m in b.modules())
 
 
 def test_sit_keeps_its_fused_attention_and_plain_norms():
