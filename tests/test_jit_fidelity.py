@@ -151,3 +151,36 @@ def test_float32_attention_matches_sdpa_in_float32():
     gen = torch.Generator().manual_seed(2)
     q, k, v = (torch.randn(2, 3, 10, 8, generator=gen, dtype=torch.float64) for _ in range(3))
     torch.testing.assert_close(float32_logits_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+@pytest.mark.parametrize("run_sample, want_labels, want_rule", [
+    ({"guidance_rule": "jit", "labels": "balanced"}, [0, 1, 2, 0, 1, 2], "jit"),  # a JiT run
+    (None, None, "reference"),  # a run recorded before the sample section was passed on: random, REPA's rule
+])
+def test_irepa_sample_uses_the_runs_guidance_rule_and_evaluation_labels(tmp_path, monkeypatch, run_sample,
+                                                                        want_labels, want_rule):
+    import json
+
+    import numpy as np
+    from test_sample_large import tiny_generator
+
+    from irepa.cli import main
+    from irepa.sample import pipeline
+    from irepa.sample.labels import sample_labels
+
+    def load(ckpt, use_ema=True, device="cpu", vae=None, precision="auto"):
+        info = {"checkpoint": str(ckpt), "step": 1, "model": "tiny", "ema": use_ema, "vae": None, "space": "pixel"}
+        if run_sample is not None:
+            info["sample"] = run_sample
+        return tiny_generator(info, precision)
+
+    monkeypatch.setattr(pipeline, "load_generator", load)
+    out = tmp_path / "out"
+    assert main(["sample", "--ckpt", str(tmp_path / "step_0000001.pt"), "--num-samples", "6", "--out", str(out),
+                 "--sampler", "ode-heun", "--steps", "2", "--cfg-scale", "2", "--guidance-high", "0.9",
+                 "--no-progress"]) == 0
+    labels = np.load(out / "samples_6.npz")["labels"].tolist()
+    want = want_labels or sample_labels("random", [0, 1, 2], 0, range(6)).tolist()
+    assert labels == want
+    settings = json.loads((out / "samples_6.json").read_text())
+    assert settings["sampler"]["guidance_rule"] == want_rule and "labels" not in settings["sampler"]
