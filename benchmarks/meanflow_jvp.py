@@ -1,20 +1,25 @@
 """What MeanFlow's JVP costs against flow matching, and where ``torch.func.jvp`` runs.
 
     python benchmarks/meanflow_jvp.py [--depth 12] [--width 384] [--heads 6] [--input-size 32] [--batch 8]
-                                      [--reps 5] [--threads 1] [--device cpu] [--parts 123]
+                                      [--reps 5] [--rounds 3] [--threads 1] [--device cpu] [--parts 1234]
+    python benchmarks/meanflow_jvp.py --quick --threads 1   # parts 1 and 4 on a depth-4 model, 64 tokens
 
 A SiT-S-like backbone (SiT-S/2: depth 12, width 384, 6 heads, on 32x32x4 latents = 256 tokens) by default.
 Times are medians; on the CPU they are this process's CPU seconds (robust to other jobs on a shared machine),
 on a GPU wall seconds. Prints, on the machine it runs on:
 
-1. the median seconds of one optimizer step (loss, backward, AdamW) for flow matching, for MeanFlow without
-   training-time guidance and for MeanFlow with it (kappa > 0: one more doubled forward), as ratios to flow
-   matching; and the JVP pass alone against one forward;
+1. the median seconds of one optimizer step (loss, backward, AdamW) for flow matching and for MeanFlow in
+   both forms (``objective.meanflow.jvp``: single pass, the prediction taken from the JVP's primal output;
+   two-pass, a no-grad JVP then a forward and backward), without training-time guidance and with it
+   (kappa > 0: one more doubled forward), as ratios to flow matching over interleaved rounds (median and
+   range, so the spread on a busy machine shows); and the JVP pass alone against one forward;
 2. whether ``torch.func.jvp`` runs through ``F.scaled_dot_product_attention`` with the default kernel choice
    and with each forced kernel (the error's first line when not);
 3. whether the JVP runs through ``torch.compile`` (the whole model, and block by block as ``train.compile``
    does), the first call's time (tracing + compiling), the steady-state time and the largest difference
-   from eager mode.
+   from eager mode;
+4. how far the MeanFlow target, its JVP term and the error move under bf16 autocast
+   (``objective.meanflow.precision: autocast``) from the float32 default (relative L2, and the worst sample).
 """
 
 from __future__ import annotations
@@ -86,22 +91,31 @@ def step_fn(objective, backbone, x0, labels, seed: int) -> Callable[[], None]:
     return step
 
 
+def meanflow(form: str, kappa: float = 0.0, precision: str = "fp32") -> MeanFlow:
+    m = MeanFlowConfig(jvp=form, precision=precision, cfg_omega=1.0, cfg_kappa=kappa)
+    return MeanFlow(ObjectiveConfig(kind="meanflow", time_sampling="lognormal", p_mean=-0.4, p_std=1.0, meanflow=m),
+                    1000)
+
+
 def measure_steps(args, device, backbone, x0, labels) -> None:
     flow = FlowMatching(ObjectiveConfig(time_sampling="lognormal", p_mean=-0.4, p_std=1.0), 1000)
-    plain = MeanFlow(ObjectiveConfig(kind="meanflow", time_sampling="lognormal", p_mean=-0.4, p_std=1.0), 1000)
-    guided = MeanFlow(
-        ObjectiveConfig(kind="meanflow", time_sampling="lognormal", p_mean=-0.4, p_std=1.0,
-                        meanflow=MeanFlowConfig(cfg_omega=1.0, cfg_kappa=0.5)),
-        1000,
-    )
-    rows = []
-    for name, objective in (("flow matching", flow), ("MeanFlow", plain), ("MeanFlow + training CFG", guided)):
-        step = step_fn(objective, copy.deepcopy(backbone), x0, labels, seed=0)
-        rows.append((name, median_seconds(step, args.reps, device)))
-    base = rows[0][1]
-    print(f"\n1. one training step (batch {args.batch}, median of {args.reps})")
-    for name, sec in rows:
-        print(f"   {name:<26s} {sec * 1000:9.1f} ms   x{sec / base:.2f}")
+    cases = [("flow matching", flow), ("MeanFlow, single pass", meanflow("single")),
+             ("MeanFlow, two-pass", meanflow("two-pass"))]
+    if not args.quick:
+        cases += [("MeanFlow + training CFG, single", meanflow("single", 0.5)),
+                  ("MeanFlow + training CFG, two-pass", meanflow("two-pass", 0.5))]
+    steps = {name: step_fn(objective, copy.deepcopy(backbone), x0, labels, seed=0) for name, objective in cases}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):  # interleaved rounds: a load change on a shared machine hits every case alike
+        for name, step in steps.items():
+            times[name].append(median_seconds(step, args.reps, device))
+    print(f"\n1. one training step (batch {args.batch}; median of {args.reps} per round, {args.rounds} interleaved "
+          f"rounds; ratio to flow matching: median over rounds [min, max])")
+    base = times["flow matching"]
+    for name, secs in times.items():
+        ratios = [s / b for s, b in zip(secs, base)]
+        print(f"   {name:<34s} {statistics.median(secs) * 1000:9.1f} ms   x{statistics.median(ratios):.2f} "
+              f"[{min(ratios):.2f}, {max(ratios):.2f}]")
 
     t = torch.rand(args.batch, device=device)
     r = t * torch.rand(args.batch, device=device)
@@ -112,12 +126,12 @@ def measure_steps(args, device, backbone, x0, labels) -> None:
             backbone(x0, t, labels, r=r)
 
     def jvp() -> None:
-        plain.mean_flow_target(lambda z, tt, y, r=None: backbone(z, tt, y, r=r), x0, r, t, v, labels)
+        cases[1][1].mean_flow_target(lambda z, tt, y, r=None: backbone(z, tt, y, r=r), x0, r, t, v, labels)
 
     f_sec = median_seconds(forward, args.reps, device)
     j_sec = median_seconds(jvp, args.reps, device)
-    print(f"   forward (no grad)          {f_sec * 1000:9.1f} ms")
-    print(f"   JVP target (no grad, math) {j_sec * 1000:9.1f} ms   = {j_sec / f_sec:.2f} forwards")
+    print(f"   forward (no grad)                  {f_sec * 1000:9.1f} ms")
+    print(f"   JVP target (no grad, math)         {j_sec * 1000:9.1f} ms   = {j_sec / f_sec:.2f} forwards")
 
 
 def jvp_call(model, x0, labels, backend) -> torch.Tensor:
@@ -192,6 +206,32 @@ def measure_compile(args, device, backbone, x0, labels) -> None:
             print(f"   {name:<36s} fails: {first_line(err)}")
 
 
+def measure_precision(backbone, x0, labels) -> None:
+    """What bf16 autocast does to the MeanFlow target (``precision: autocast``) against float32 (the default)."""
+    print("\n4. MeanFlow target and error under bf16 autocast (precision: autocast) vs float32 (precision: fp32)")
+    gen = torch.Generator(device=x0.device).manual_seed(1)
+    objective = meanflow("two-pass", precision="autocast")
+    d = objective.draw(x0, labels, gen)
+    d.r = torch.where(d.r < d.t, d.r, d.t * 0.5)  # every row with r < t: the JVP term acts everywhere
+    z, v = objective.path.sample_xt(x0, d.noise, d.t), objective.path.velocity(x0, d.noise, d.t)
+
+    def u(z_, t_, y, r=None):
+        return backbone(z_, t_, y, r=r)
+
+    results = {}
+    for name, ctx in (("fp32", contextlib.nullcontext()), ("bf16", torch.autocast(x0.device.type, torch.bfloat16))):
+        with ctx:
+            target = objective.mean_flow_target(u, z, d.r, d.t, v, d.labels).float()
+            with torch.no_grad():
+                pred = u(z, d.t, d.labels, r=d.r).float()
+        results[name] = (target, v - target, pred - target)
+    names = ("target u_tgt", "JVP term (t - r) du/dt", "error u - u_tgt")
+    for label, exact, low in zip(names, results["fp32"], results["bf16"]):
+        rel = ((low - exact).norm() / exact.norm()).item()
+        per_sample = ((low - exact).flatten(1).norm(dim=1) / exact.flatten(1).norm(dim=1)).max().item()
+        print(f"   {label:<24s} relative L2 difference {rel:.2e} (worst sample {per_sample:.2e})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--depth", type=int, default=12)
@@ -200,10 +240,17 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of part 1 (the spread is shown)")
+    parser.add_argument("--quick", action="store_true",
+                        help="part 1 without the guided rows, on a SiT-S/2-wide model of depth 4, 16x16 latents")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--parts", default="123", help="which parts to run, e.g. 12 (compiling is slow on a CPU)")
+    parser.add_argument("--parts", default=None,
+                        help="which parts to run, e.g. 12 (default 1234; compiling is slow on a CPU; --quick: 14)")
     args = parser.parse_args()
+    if args.quick:
+        args.depth, args.input_size = 4, 16
+    args.parts = args.parts or ("14" if args.quick else "1234")
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -221,6 +268,8 @@ def main() -> None:
         measure_backends(backbone, x0, labels)
     if "3" in args.parts:
         measure_compile(args, device, backbone, x0, labels)
+    if "4" in args.parts:
+        measure_precision(backbone, x0, labels)
 
 
 if __name__ == "__main__":

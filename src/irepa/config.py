@@ -39,6 +39,7 @@ class ModelSection:
     bottleneck_dim: int | None = None  # JiT: width of the bottleneck patch embedding
     in_context_start: int | None = None  # JiT: block before which the class tokens are prepended
     in_context_len: int | None = None  # JiT: how many class tokens
+    fp32_ops: bool | None = None  # JiT: float32 attention logits and RMSNorms under autocast (None: true, as JiT)
 
     def overrides(self, interval_embedding: bool = False) -> dict:
         """Keyword overrides for ``irepa.models.create_model`` (only what was set, and what the model has)."""
@@ -48,7 +49,7 @@ class ModelSection:
         if interval_embedding:
             out["interval_embedding"] = True
         optional = ("depth", "hidden_size", "num_heads", "patch_size", "bottleneck_dim", "in_context_start",
-                    "in_context_len")
+                    "in_context_len", "fp32_ops")
         out.update({k: v for k in optional if (v := getattr(self, k)) is not None})
         return out
 

@@ -75,10 +75,12 @@ FAMILIES: dict[str, Family] = {
             "train.extra_ema_decays": [0.9996],
             "sample.kind": "ode-heun",
             "sample.steps": 50,
-            # JiT guides inside (0.1, 1) of its time, deciding at each evaluation: (0, 0.9) in irepa's time.
+            # JiT guides inside the open interval (0.1, 1) of its time, deciding at each evaluation: (0, 0.9)
+            # in irepa's time, with JiT's strict bounds; it evaluates with 50 images per class
             "sample.guidance_low": 0.0,
             "sample.guidance_high": 0.9,
-            "sample.guidance_rule": "per-evaluation",
+            "sample.guidance_rule": "jit",
+            "sample.labels": "balanced",
         },
         alignment={
             "vanilla": {"align.enabled": False},
@@ -92,6 +94,9 @@ FAMILIES: dict[str, Family] = {
         summary="MeanFlow: SiT with a second time embedding predicts the average velocity; 1-step sampling",
         preset={
             "objective.kind": "meanflow",
+            # MeanFlow's data: SD-VAE latents times 0.18215 (no shift), never flipped
+            "data.latent_norm": "constant",
+            "data.flip": False,
             "objective.path": "linear",
             "objective.time_sampling": "lognormal",
             "objective.p_mean": -0.4,

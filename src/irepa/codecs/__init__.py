@@ -9,15 +9,25 @@ import torch
 from irepa.errors import CheckpointError, ConfigError
 
 from .base import Codec, PixelCodec, to_uint8, unit_images
-from .latent import CachedLatentCodec, denormalize_latents, encode_moments, normalize_latents, sample_posterior
+from .latent import (
+    SD_VAE_SCALE,
+    CachedLatentCodec,
+    denormalize_latents,
+    encode_moments,
+    normalize_latents,
+    sample_posterior,
+)
 from .trainable import TrainableVAECodec
 
 
-def codec_for_dataset(dataset, in_channels: int) -> Codec:
-    """The codec a dataset implies: cached latents (the dataset names its VAE and statistics) or pixels."""
+def codec_for_dataset(dataset, in_channels: int, latent_norm: str = "per-channel") -> Codec:
+    """The codec a dataset implies: cached latents (the dataset names its VAE and statistics) or pixels.
+
+    ``latent_norm`` (``per-channel`` or ``constant``) is how latents reach the model; pixels ignore it.
+    """
     stats = getattr(dataset, "latent_stats", None)
     if stats is not None:
-        return CachedLatentCodec(dataset.vae, *stats)
+        return CachedLatentCodec(dataset.vae, *stats, norm=latent_norm)
     return PixelCodec(in_channels)
 
 
@@ -29,7 +39,7 @@ def codec_for_run(cfg, dataset) -> Codec:
     """
     e2e = cfg.end_to_end
     if not e2e.enabled:
-        return codec_for_dataset(dataset, cfg.model.in_channels)
+        return codec_for_dataset(dataset, cfg.model.in_channels, cfg.data.latent_norm)
     from .trainable import load_trainable_vae
 
     vae, stats = load_trainable_vae(e2e.vae)
@@ -47,7 +57,9 @@ def codec_from_state(state: dict[str, Any], vae: str | None = None, ema: bool = 
     if kind == "pixels":
         return PixelCodec(int(state["channels"]))
     if kind == "latent":
-        return CachedLatentCodec(vae or state["vae"], state["mean"], state["std"], int(state.get("factor", 8)))
+        # checkpoints written before the constant scale existed hold per-channel statistics
+        return CachedLatentCodec(vae or state["vae"], state["mean"], state["std"], int(state.get("factor", 8)),
+                                 norm=state.get("norm", "per-channel"), scale=state.get("scale", SD_VAE_SCALE))
     if kind == TrainableVAECodec.kind:
         if vae is not None:
             raise ConfigError("this run trained its own VAE, which is in the checkpoint; drop --vae (or sample "

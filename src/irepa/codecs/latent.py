@@ -1,8 +1,10 @@
-"""A frozen VAE: latents sampled from cached posterior moments, scaled per channel; decoded by the VAE.
+"""A frozen VAE: latents sampled from cached posterior moments, normalised; decoded by the VAE.
 
 ``irepa prepare-latents`` stores each image's posterior ``(mean, logvar)`` once (:func:`encode_moments`);
-training draws ``z = mean + exp(logvar / 2) * eps`` every step and feeds ``(z - mu_c) / sigma_c`` to the
-model, with the per-channel statistics of the cache. Sampling undoes the scaling and decodes.
+training draws ``z = mean + exp(logvar / 2) * eps`` every step and feeds the model either
+``(z - mu_c) / sigma_c`` with the per-channel statistics of the cache (``per-channel``, iREPA's latent
+code) or ``z * 0.18215`` with no shift (``constant``, the SD-VAE scale REPA and MeanFlow use). Sampling
+undoes the normalisation and decodes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ from collections.abc import Sequence
 
 import torch
 
+from irepa.errors import ConfigError
+
 from .base import Codec, unit_images
+
+LATENT_NORMS = ("per-channel", "constant")
+SD_VAE_SCALE = 0.18215  # Stable Diffusion's latent scaling factor: REPA's and MeanFlow's z * 0.18215
 
 
 def sample_posterior(moments: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -43,20 +50,39 @@ def encode_moments(vae: torch.nn.Module, images01: torch.Tensor) -> torch.Tensor
 
 
 class CachedLatentCodec(Codec):
-    """Latents of a frozen ``AutoencoderKL`` (named by hub id or folder), read from cached moments."""
+    """Latents of a frozen ``AutoencoderKL`` (named by hub id or folder), read from cached moments.
+
+    ``norm="per-channel"`` maps ``z -> (z - mean) / std``; ``norm="constant"`` maps ``z -> z * scale``
+    (``mean`` and ``std`` are then zero and ``1 / scale``, which is how a checkpoint also describes it to
+    irepa versions that knew only the per-channel form).
+    """
 
     kind = "latent"
 
     def __init__(self, vae: str, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
-                 factor: int = 8, decode_batch: int = 16):
+                 factor: int = 8, decode_batch: int = 16, norm: str = "per-channel", scale: float = SD_VAE_SCALE):
         super().__init__()
+        if norm not in LATENT_NORMS:
+            raise ConfigError(f"unknown latent normalisation {norm!r}; valid: {', '.join(LATENT_NORMS)}")
         self.vae_name = vae
+        self.norm, self.scale = norm, float(scale)
+        channels = torch.as_tensor(mean).numel()
+        if norm == "constant":
+            mean, std = torch.zeros(channels), torch.full((channels,), 1.0 / self.scale)
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).flatten(), persistent=False)
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).flatten(), persistent=False)
         self.channels = int(self.mean.numel())
         self.factor = int(factor)
         self.decode_batch = decode_batch
         self._vae: torch.nn.Module | None = None
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        """VAE latents -> the model's space."""
+        return z * self.scale if self.norm == "constant" else normalize_latents(z, self.mean, self.std)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's space -> VAE latents."""
+        return x / self.scale if self.norm == "constant" else denormalize_latents(x, self.mean, self.std)
 
     def encode(self, batch, generator=None, device=None):
         """Cached moments of a loader batch, or (when a batch has images only) the VAE's encoding of them."""
@@ -67,7 +93,7 @@ class CachedLatentCodec(Codec):
             moments = encode_moments(self._vae, batch["image"])
         if generator is not None and generator.device.type != "cpu" and device is not None:
             moments = moments.to(device, non_blocking=True)  # sample where the generator lives
-        z = normalize_latents(sample_posterior(moments.float(), generator), self.mean, self.std)
+        z = self.normalize(sample_posterior(moments.float(), generator))
         return z.to(device, non_blocking=True) if device is not None else z
 
     def prepare_decoder(self, device="cpu"):
@@ -82,13 +108,17 @@ class CachedLatentCodec(Codec):
     def decode(self, x):
         self.prepare_decoder(x.device)
         param = next(self._vae.parameters())
-        z = denormalize_latents(x.float(), self.mean, self.std)
+        z = self.denormalize(x.float())
         out = [self._vae.decode(c.to(param.device, param.dtype)).sample.float() for c in z.split(self.decode_batch)]
         return torch.cat(out)
 
     def checkpoint_state(self):
-        return {"kind": self.kind, "vae": self.vae_name, "mean": self.mean.tolist(), "std": self.std.tolist(),
-                "factor": self.factor}
+        state = {"kind": self.kind, "vae": self.vae_name, "mean": self.mean.tolist(), "std": self.std.tolist(),
+                 "factor": self.factor, "norm": self.norm}
+        if self.norm == "constant":
+            state["scale"] = self.scale
+        return state
 
     def describe(self) -> str:
-        return f"frozen VAE {self.vae_name} (cached posterior moments, {self.channels} channels, f{self.factor})"
+        how = f"z * {self.scale:g}" if self.norm == "constant" else "per-channel mean / std"
+        return f"frozen VAE {self.vae_name} (cached posterior moments, {self.channels} channels, f{self.factor}, {how})"

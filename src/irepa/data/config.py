@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from irepa.codecs.latent import LATENT_NORMS
 from irepa.errors import ConfigError
 
 SOURCES = ("synthetic", "folder", "fashion-mnist", "hf", "latents")
@@ -36,6 +37,9 @@ class DataConfig:
     seed: int = 0  # synthetic images are a function of (seed, index)
     synthetic_size: int = 1024
     vae: str | None = None  # expected VAE of a latent cache; None accepts the cache's
+    # latents to the model: per-channel (z - mean_c) / std_c from the cache's statistics (iREPA), or
+    # constant z * 0.18215, no shift (REPA, MeanFlow)
+    latent_norm: str = "per-channel"
     verify: bool = False  # decode every folder image up front and report unreadable ones
     hf_image_key: str | None = None  # None: first of image / img / pixel_values
     hf_label_key: str | None = None  # None: first of label / labels / class / target
@@ -59,6 +63,8 @@ class DataConfig:
             raise ConfigError(f"limit must be a positive number of items or null, got {self.limit}")
         if self.num_classes is not None and int(self.num_classes) < 1:
             raise ConfigError(f"num_classes must be positive or null, got {self.num_classes}")
+        if self.latent_norm not in LATENT_NORMS:
+            raise ConfigError(f"unknown latent_norm {self.latent_norm!r}; valid: {', '.join(LATENT_NORMS)}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.synthetic_size < 1:

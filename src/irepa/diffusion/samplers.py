@@ -3,7 +3,8 @@
 ODE: Euler or Heun on ``dx/dt = v``. SDE: Euler-Maruyama with diffusion ``w(t) = 2t`` and drift
 ``v - w/2 * score`` (the score from the velocity on the objective's path). MeanFlow: steps of the
 average velocity, ``x_r = x_t - (t - r) u``. Classifier-free guidance is applied only inside the
-guidance interval ``[guidance_low, guidance_high]``; outside it the conditional prediction is used alone.
+guidance interval ``[guidance_low, guidance_high]`` (JiT's rule: the open interval, see :func:`in_interval`);
+outside it the conditional prediction is used alone.
 Randomness comes from one ``torch.Generator`` per sample, so a sample does not depend on which
 batch (or which GPU) it was drawn in.
 """
@@ -20,7 +21,8 @@ from irepa.errors import ConfigError
 from .interpolants import get_interpolant
 
 SAMPLERS = ("sde", "ode-euler", "ode-heun", "meanflow")
-GUIDANCE_RULES = ("reference", "per-evaluation")
+GUIDANCE_RULES = ("reference", "per-evaluation", "jit")
+LABEL_MODES = ("random", "balanced")  # how evaluation draws class labels: irepa.sample.labels
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -32,8 +34,12 @@ class SamplerConfig:
     guidance_low: float = 0.0
     guidance_high: float = 1.0
     # reference: a Heun step guides both of its evaluations or neither, decided at the step's start time
-    # (as the REPA / SiT samplers do); per-evaluation: each evaluation decides from its own time.
+    # (as the REPA / SiT samplers do); per-evaluation: each evaluation decides from its own time; jit: as
+    # per-evaluation with JiT's strict bounds, low < t < high (a high of 1 includes t = 1)
     guidance_rule: str = "reference"
+    # class labels `irepa sample` draws by default: random (the REPA / SiT evaluation) or balanced (N / classes
+    # per class, JiT's evaluation); not a sampler setting, so it is left out of the samples' recorded sampler
+    labels: str = "random"
     sde_last_t: float = 0.04  # the SDE grid stops here; the last step to 0 is the deterministic mean
 
     def validate(self) -> None:
@@ -49,6 +55,8 @@ class SamplerConfig:
             raise ConfigError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
         if self.guidance_rule not in GUIDANCE_RULES:
             raise ConfigError(f"unknown guidance_rule {self.guidance_rule!r}; valid: {', '.join(GUIDANCE_RULES)}")
+        if self.labels not in LABEL_MODES:
+            raise ConfigError(f"unknown sample.labels {self.labels!r}; valid: {', '.join(LABEL_MODES)}")
 
 
 class _LinearField:
@@ -74,8 +82,17 @@ def per_sample_noise(shape: Sequence[int], generators: Sequence[torch.Generator]
 
 
 def in_interval(t: float, cfg: SamplerConfig) -> bool:
-    """Whether classifier-free guidance applies at time ``t``."""
-    return cfg.cfg_scale != 1.0 and cfg.guidance_low <= t <= cfg.guidance_high
+    """Whether classifier-free guidance applies at time ``t``.
+
+    ``[low, high]`` inclusive (REPA / SiT), or with ``guidance_rule: jit`` JiT's test converted to this time
+    (t = 1 - t_JiT): JiT guides when ``t_JiT < interval_max`` and (``interval_min == 0`` or
+    ``t_JiT > interval_min``), i.e. ``low < t`` and (``high == 1`` or ``t < high``).
+    """
+    if cfg.cfg_scale == 1.0:
+        return False
+    if cfg.guidance_rule == "jit":
+        return cfg.guidance_low < t and (cfg.guidance_high == 1.0 or t < cfg.guidance_high)
+    return cfg.guidance_low <= t <= cfg.guidance_high
 
 
 def _guided(fn, x: torch.Tensor, labels: torch.Tensor, null_label: int, cfg: SamplerConfig, guide: bool):

@@ -51,6 +51,9 @@ class JiTConfig:
     mlp_ratio: float = 4.0  # SwiGLU hidden = int(int(hidden * mlp_ratio) * 2 / 3): a GELU MLP's parameters
     attn_dropout: float = 0.0  # on attention weights, middle half of the blocks only
     proj_dropout: float = 0.0  # on the attention output and the SwiGLU hidden, middle half only
+    # under autocast: attention logits / softmax and every RMSNorm in float32, as JiT (False: all in the
+    # autocast dtype, with the fused attention kernel)
+    fp32_ops: bool = True
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -119,10 +122,11 @@ class JiT(nn.Module):
                 qk_norm=True,
                 attn_dropout=c.attn_dropout if c.has_dropout(i) else 0.0,
                 proj_dropout=c.proj_dropout if c.has_dropout(i) else 0.0,
+                fp32=c.fp32_ops,
             )
             for i in range(c.depth)
         )
-        self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.in_channels, norm="rms")
+        self.final_layer = FinalLayer(c.hidden_size, c.patch_size, c.in_channels, norm="rms", fp32=c.fp32_ops)
         self.initialize_weights()
 
     def initialize_weights(self) -> None:

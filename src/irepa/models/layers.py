@@ -23,12 +23,28 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
-def make_norm(kind: NormKind, dim: int) -> nn.Module:
-    """``"layer"``: LayerNorm without affine (DiT / SiT); ``"rms"``: RMSNorm with a learned gain (JiT)."""
+def _at_least_float32(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+class Float32RMSNorm(nn.RMSNorm):
+    """RMSNorm computed in float32 (autocast off) whatever the input dtype, as JiT's; same parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = _at_least_float32(x)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.rms_norm(x.to(dtype), self.normalized_shape, self.weight.to(dtype), self.eps)
+
+
+def make_norm(kind: NormKind, dim: int, fp32: bool = False) -> nn.Module:
+    """``"layer"``: LayerNorm without affine (DiT / SiT); ``"rms"``: RMSNorm with a learned gain (JiT).
+
+    ``fp32``: an RMSNorm that runs in float32 under autocast (:class:`Float32RMSNorm`).
+    """
     if kind == "layer":
         return nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
     if kind == "rms":
-        return nn.RMSNorm(dim, eps=1e-6)
+        return Float32RMSNorm(dim, eps=1e-6) if fp32 else nn.RMSNorm(dim, eps=1e-6)
     raise ValueError(f"unknown norm kind {kind!r}; valid: 'layer', 'rms'")
 
 
@@ -125,10 +141,14 @@ class Attention(nn.Module):
 
     Optional per-head RMSNorm of q and k (applied before RoPE), RoPE tables passed per call, dropout
     on the attention weights (training only) and on the output projection.
+
+    ``fp32``: as JiT's hand-written attention, ``q k^T`` and the softmax in float32 with autocast off (the
+    weights then meet ``v`` in the autocast dtype) and the qk-norms in float32; no fused kernel.
     """
 
     def __init__(
-        self, dim: int, num_heads: int, qk_norm: bool = False, attn_dropout: float = 0.0, proj_dropout: float = 0.0
+        self, dim: int, num_heads: int, qk_norm: bool = False, attn_dropout: float = 0.0, proj_dropout: float = 0.0,
+        fp32: bool = False,
     ):
         super().__init__()
         if dim % num_heads:
@@ -136,9 +156,10 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.attn_dropout = attn_dropout
+        self.fp32 = fp32
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.q_norm = make_norm("rms", self.head_dim, fp32) if qk_norm else nn.Identity()
+        self.k_norm = make_norm("rms", self.head_dim, fp32) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_dropout)
 
@@ -148,8 +169,22 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+        dropout = self.attn_dropout if self.training else 0.0
+        if self.fp32:
+            x = float32_logits_attention(q, k, v, dropout)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(b, t, c)))
+
+
+def float32_logits_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` with the logits and the softmax in float32 (autocast off), unfused."""
+    dtype = _at_least_float32(q)
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        logits = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * q.shape[-1] ** -0.5
+        weights = logits.softmax(dim=-1)
+    weights = F.dropout(weights, p=dropout) if dropout > 0 else weights
+    return weights.to(v.dtype) @ v  # under autocast the autocast dtype, as JiT's product with the values
 
 
 class Mlp(nn.Sequential):
@@ -177,6 +212,7 @@ class AdaLNZeroBlock(nn.Module):
     """Pre-norm transformer block whose norms are modulated (shift, scale) and residuals gated by ``c``.
 
     The modulation is zero-initialised by the models, so each block starts as the identity (adaLN-Zero).
+    ``fp32``: float32 RMSNorms and attention logits under autocast (JiT); SiT keeps the default.
     """
 
     def __init__(
@@ -188,11 +224,13 @@ class AdaLNZeroBlock(nn.Module):
         qk_norm: bool = False,
         attn_dropout: float = 0.0,
         proj_dropout: float = 0.0,
+        fp32: bool = False,
     ):
         super().__init__()
-        self.norm1 = make_norm(norm, dim)
-        self.attn = Attention(dim, num_heads, qk_norm=qk_norm, attn_dropout=attn_dropout, proj_dropout=proj_dropout)
-        self.norm2 = make_norm(norm, dim)
+        self.norm1 = make_norm(norm, dim, fp32)
+        self.attn = Attention(dim, num_heads, qk_norm=qk_norm, attn_dropout=attn_dropout, proj_dropout=proj_dropout,
+                              fp32=fp32)
+        self.norm2 = make_norm(norm, dim, fp32)
         self.mlp = mlp
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
@@ -206,9 +244,9 @@ class AdaLNZeroBlock(nn.Module):
 class FinalLayer(nn.Module):
     """Modulated norm and a linear map from each token to its patch of pixels (or latents)."""
 
-    def __init__(self, dim: int, patch_size: int, out_channels: int, norm: NormKind = "layer"):
+    def __init__(self, dim: int, patch_size: int, out_channels: int, norm: NormKind = "layer", fp32: bool = False):
         super().__init__()
-        self.norm = make_norm(norm, dim)
+        self.norm = make_norm(norm, dim, fp32)
         self.linear = nn.Linear(dim, patch_size * patch_size * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
 

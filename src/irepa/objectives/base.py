@@ -25,6 +25,8 @@ from irepa.diffusion.time_sampling import TIME_SAMPLERS, sample_time
 from irepa.errors import ConfigError
 
 PREDICTIONS = ("velocity", "x")
+MEANFLOW_PRECISIONS = ("fp32", "autocast")
+MEANFLOW_JVP_FORMS = ("single", "two-pass")
 
 
 @dataclass
@@ -38,6 +40,14 @@ class MeanFlowConfig:
     cfg_kappa: float = 0.0
     cfg_t_low: float = 0.0  # guidance applies to the target for t in [low, high]
     cfg_t_high: float = 1.0
+    # fp32: the JVP (the network's forward inside it included), the target and the loss run with autocast
+    # off, as the reference; autocast: under the run's mixed precision (faster, but the target is a
+    # difference of large terms and moves by tens of percent per element in bf16: docs/fidelity.md)
+    precision: str = "fp32"
+    # two-pass: a no-grad JVP pass, then an ordinary forward and backward (DDP, fused attention, compile);
+    # single: the loss's prediction is the JVP's own primal output (one forward-mode pass with gradients, then
+    # one backward; a forward fewer, single-process runs only), as the reference
+    jvp: str = "two-pass"
 
 
 @dataclass

@@ -10,13 +10,27 @@ It satisfies ``u = v - (t - r) * du/dt`` with the total derivative along the pat
 held fixed (stop-gradient), and the loss is the adaptively weighted squared error
 ``mean_b w_b ||u_theta - u_tgt||^2`` with ``w = 1 / (||.||^2 + c)^p`` (also held fixed).
 
-The JVP runs under ``no_grad`` as a separate pass: the gradient pass is then an ordinary forward
-and backward that DDP, ``torch.compile`` and fused attention kernels handle as for SiT, and the
-forward-mode pass uses the math attention kernel, the one with a forward-mode derivative everywhere.
+Two forms compute the same loss and gradients (``objective.meanflow.jvp``):
+
+* ``two-pass`` (the default): the JVP under ``no_grad`` first, on the bare network (a DDP wrapper's
+  forward cannot run inside ``torch.func.jvp``), then an ordinary forward and backward for the gradient,
+  which DDP (gradient all-reduce), fused attention kernels and ``torch.compile`` handle as for SiT.
+* ``single`` (the reference's form): one forward-mode pass with gradients enabled gives both ``u_theta``
+  (the JVP's primal output, which the loss differentiates) and the JVP, then one backward: one forward
+  fewer. The whole pass runs on the math attention kernel, eagerly; single-process runs only (DDP
+  all-reduces gradients through its wrapper's forward, which cannot run inside the JVP).
+
+Both run the JVP on the math attention kernel, the one with a forward-mode derivative everywhere, and give
+linear layers a forward-mode rule for constant weights (:mod:`irepa.objectives.forward_mode`).
+
+``objective.meanflow.precision``: ``fp32`` (the default, as the reference) runs the network calls of the
+loss, the JVP, the target and the loss with autocast off; ``autocast`` leaves them under the run's mixed
+precision.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -24,7 +38,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from irepa.errors import ConfigError
 
-from .base import Draw, Objective, ObjectiveConfig
+from .base import MEANFLOW_JVP_FORMS, MEANFLOW_PRECISIONS, Draw, Objective, ObjectiveConfig
+from .forward_mode import constant_weight_linears
 
 
 def _bcast(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -47,6 +62,11 @@ class MeanFlow(Objective):
             raise ConfigError("objective.meanflow.adaptive_p must be >= 0 and adaptive_c > 0")
         if not 0.0 <= m.cfg_t_low <= m.cfg_t_high <= 1.0:
             raise ConfigError("objective.meanflow needs 0 <= cfg_t_low <= cfg_t_high <= 1")
+        if m.precision not in MEANFLOW_PRECISIONS:
+            raise ConfigError(f"objective.meanflow.precision {m.precision!r} is unknown; "
+                              f"valid: {', '.join(MEANFLOW_PRECISIONS)}")
+        if m.jvp not in MEANFLOW_JVP_FORMS:
+            raise ConfigError(f"objective.meanflow.jvp {m.jvp!r} is unknown; valid: {', '.join(MEANFLOW_JVP_FORMS)}")
 
     # ------------------------------------------------------------------ training
 
@@ -78,9 +98,33 @@ class MeanFlow(Objective):
         def u(z_, r_, t_):
             return model(z_, t_, labels, r=r_)
 
-        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-            _, dudt = torch.func.jvp(u, (z, r, t), (v, torch.zeros_like(r), torch.ones_like(t)))
-        return (v - _bcast((t - r).clamp(0.0, 1.0), v) * dudt).detach()
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), constant_weight_linears():
+            _, dudt = torch.func.jvp(u, (z, r, t), _tangents(v, r, t))
+        return _target(v, r, t, dudt)
+
+    def prediction_and_target(self, net, z, r, t, v, labels, targets=None):
+        """``(u_theta, aux, u_tgt)`` from one forward-mode pass with gradients enabled (the single-pass form).
+
+        ``u_theta`` is the JVP's primal output: the same values as ``net(z, t, labels, targets, r=r)``,
+        differentiable with respect to the parameters, so one backward from the loss trains the network.
+        ``aux`` is the alignment head's output of that same forward (or None); the target is stop-gradient.
+        """
+        from irepa.align.aligner import AlignOutput
+
+        def u(z_, r_, t_):
+            pred, aux = net(z_, t_, labels, targets, r=r_)
+            return pred, ({} if aux is None else {"loss": aux.loss, "parts": aux.parts})
+
+        with sdpa_kernel(SDPBackend.MATH), constant_weight_linears():
+            pred, dudt, aux = torch.func.jvp(u, (z, r, t), _tangents(v, r, t), has_aux=True)
+        aux_out = AlignOutput(loss=aux["loss"], parts=aux["parts"]) if aux else None
+        return pred, aux_out, _target(v, r, t, dudt)
+
+    def precision_context(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Autocast off for the loss's network calls and arithmetic (``precision: fp32``), or left as it is."""
+        if self.cfg.meanflow.precision == "fp32":
+            return torch.autocast(device_type=device.type, enabled=False)
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def guided_velocity(self, model, z, t, v, labels) -> torch.Tensor:
@@ -101,15 +145,23 @@ class MeanFlow(Objective):
 
     def loss(self, net, x0, labels, generator=None, targets=None, draw: Draw | None = None):
         d = draw if draw is not None else self.draw(x0, labels, generator)
-        z = self.path.sample_xt(x0, d.noise, d.t)
-        plain = _plain_call(net)
-        v = self.guided_velocity(plain, z, d.t, self.path.velocity(x0, d.noise, d.t), d.labels)
-        u_target = self.mean_flow_target(plain, z, d.r, d.t, v, d.labels)
-        pred, aux = net(z, d.t, d.labels, targets, r=d.r)
-        err = (pred.float() - u_target.float()).pow(2).flatten(1).sum(dim=1)
         m = self.cfg.meanflow
-        weight = 1.0 / (err.detach() + m.adaptive_c).pow(m.adaptive_p) if m.adaptive_p > 0 else 1.0
-        out = self.total((weight * err).mean(), aux)
+        bare = _bare(net)
+        if m.jvp == "single" and bare is not net:
+            raise ConfigError("objective.meanflow.jvp single cannot run under DistributedDataParallel (its forward "
+                              "cannot run inside torch.func.jvp); set objective.meanflow.jvp two-pass")
+        with self.precision_context(x0.device):
+            z = self.path.sample_xt(x0, d.noise, d.t)
+            plain = _plain_call(bare)  # the no-grad calls need no gradient synchronisation
+            v = self.guided_velocity(plain, z, d.t, self.path.velocity(x0, d.noise, d.t), d.labels)
+            if m.jvp == "single":
+                pred, aux, u_target = self.prediction_and_target(net, z, d.r, d.t, v, d.labels, targets)
+            else:
+                u_target = self.mean_flow_target(plain, z, d.r, d.t, v, d.labels)
+                pred, aux = net(z, d.t, d.labels, targets, r=d.r)
+            err = (pred.float() - u_target.float()).pow(2).flatten(1).sum(dim=1)
+            weight = 1.0 / (err.detach() + m.adaptive_c).pow(m.adaptive_p) if m.adaptive_p > 0 else 1.0
+            out = self.total((weight * err).mean(), aux)
         # With p = 1 the weighted loss sits near 1 whatever the error; this is the error itself, per element,
         # on the scale of flow matching's loss (monitoring only).
         out["meanflow/mse"] = err.detach().mean() / pred[0].numel()
@@ -122,6 +174,23 @@ class MeanFlow(Objective):
 
     def average_velocity(self, model, x, r, t, labels):
         return model(x, t, labels, r=r)
+
+
+def _tangents(v: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The direction of the total derivative along the path: ``(dz, dr, dt) = (v, 0, 1)``."""
+    return v, torch.zeros_like(r), torch.ones_like(t)
+
+
+def _target(v: torch.Tensor, r: torch.Tensor, t: torch.Tensor, dudt: torch.Tensor) -> torch.Tensor:
+    """``v - clip(t - r, 0, 1) * du/dt``, held fixed."""
+    return (v - _bcast((t - r).clamp(0.0, 1.0), v) * dudt).detach()
+
+
+def _bare(net):
+    """The network inside a ``DistributedDataParallel`` wrapper (or ``net`` itself)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return net.module if isinstance(net, DistributedDataParallel) else net
 
 
 def _plain_call(net):

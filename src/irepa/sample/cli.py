@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from irepa.diffusion.samplers import SAMPLERS, SamplerConfig
+from irepa.diffusion.samplers import GUIDANCE_RULES, SAMPLERS, SamplerConfig
 from irepa.errors import ConfigError
 from irepa.precision import AUTO, PRECISIONS
 from irepa.sample.labels import LABEL_MODES
@@ -55,9 +55,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass, per process")
     p.add_argument("--shard-size", type=int, default=None,
                    help=f"images per resumable shard file (default {DEFAULT_SHARD_SIZE}; fixed once a run started)")
-    p.add_argument("--labels", choices=LABEL_MODES, default="random",
-                   help="random: each sample's class drawn uniformly from (seed, index), as the reference "
-                        "evaluation does; balanced: class i %% num_classes (default random)")
+    p.add_argument("--labels", choices=LABEL_MODES, default=None,
+                   help="random: each sample's class drawn uniformly from (seed, index), as the REPA / SiT "
+                        "evaluation does; balanced: class i %% num_classes, as JiT's (default: the run's "
+                        "sample.labels: balanced for JiT runs, random otherwise)")
+    p.add_argument("--guidance-rule", choices=GUIDANCE_RULES, default=None,
+                   help="how Heun steps decide guidance inside the interval (default: the run's "
+                        "sample.guidance_rule: jit for JiT runs, reference otherwise)")
     p.add_argument("--classes", type=_int_list, default=None,
                    help="use these classes only, e.g. 207,360,387 (default: all classes)")
     p.add_argument("--unconditional", action="store_true", help="sample with the null label")
@@ -102,7 +106,7 @@ def sampling_settings(generator: Any, cfg: SamplerConfig, batch_size: int, num_p
         "ema": info.get("ema"),
         "vae": info.get("vae"),
         "space": info.get("space"),
-        "sampler": asdict(cfg),
+        "sampler": {k: v for k, v in asdict(cfg).items() if k != "labels"},  # the labels: label_mode
         "precision": generator.precision,
         "image_size": int(generator.image_size),
         "latent_shape": list(generator.latent_shape),
@@ -131,6 +135,8 @@ def run_sample(args: argparse.Namespace) -> int:
 
     cfg = SamplerConfig(kind=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
                         guidance_low=args.guidance_low, guidance_high=args.guidance_high)
+    if args.guidance_rule is not None:
+        cfg.guidance_rule = args.guidance_rule
     cfg.validate()
     for name in ("num_samples", "batch_size", "shard_size", "grid"):
         value = getattr(args, name)
@@ -140,6 +146,10 @@ def run_sample(args: argparse.Namespace) -> int:
     use_ema = not args.no_ema
     generator = load_generator(args.ckpt, use_ema=use_ema, device=state.device, vae=args.vae,
                                precision=args.precision)
+    run_sampler = generator.info.get("sample") or {}  # the run's sample section: its recipe's conventions
+    if args.guidance_rule is None:
+        cfg.guidance_rule = run_sampler.get("guidance_rule", cfg.guidance_rule)
+    args.labels = args.labels or run_sampler.get("labels", "random")
     ckpt_file = generator.info.get("checkpoint") or args.ckpt  # a run folder resolves to its newest usable step
     if state.is_main_process:
         print(f"using checkpoint {ckpt_file} (step {generator.info.get('step')})", file=sys.stderr)

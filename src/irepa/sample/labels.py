@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-LABEL_MODES = ("random", "balanced")
+from irepa.diffusion.samplers import LABEL_MODES
+
 LABEL_STREAM = 0x6C6162656C  # keeps the label draws apart from any other randomness keyed by (seed, i)
 LABEL_SCHEMES = {
     "balanced": "cyclic: sample i gets classes[i % len(classes)]",

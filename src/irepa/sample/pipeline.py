@@ -121,6 +121,7 @@ def load_generator(
         "ema": bool(use_ema and ckpt.get("ema") is not None),
         "vae": getattr(codec, "vae_name", None),
         "space": "latent" if codec.kind != "pixels" else "pixel",
+        "sample": dict(vars(cfg.sample)),  # the run's sampler section (guidance rule, evaluation labels)
     }
     return Generator(model, objective, codec, cfg.model.input_size, info, precision)
 
