@@ -165,7 +165,7 @@ def run_config(out, **extra):
 
 
 def test_tiny_u_net_learns(tmp_path, tiny_registered):
-    steps, window = 24, 6
+    steps, window = 16, 4
     result = train(run_config(tmp_path / "learn", **{"train.steps": steps, "train.ckpt_every": steps,
                                                        "train.lr": 2e-3}))
     assert len(result.losses) == steps
