@@ -1,4 +1,5 @@
-"""Model registry: ``create_model("SiT-XL/2", **overrides)`` / ``create_model("JiT-B/16")``, in the spirit of timm."""
+"""Model registry, in the spirit of timm: ``create_model("SiT-XL/2", **overrides)``, ``create_model("JiT-B/16")``,
+``create_model("UNet-B")``."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from torch import nn
 
 from .jit import JiT, JiTConfig
 from .sit import SiT, SiTConfig
+from .unet import UNet, UNetConfig
 
 _SIZES = {  # (depth, width, heads), as DiT / SiT
     "S": (12, 384, 6),
@@ -22,6 +24,8 @@ _JIT_SIZES = {  # (depth, width, heads, bottleneck, in-context start), as JiT
     "L": (24, 1024, 16, 128, 8),
     "H": (32, 1280, 16, 256, 10),
 }
+
+_UNET_SIZES = {"S": 64, "B": 128, "L": 192}  # base channels; levels x1, x2, x3, x4 with attention on the last two
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], object]] = {}
 
@@ -42,6 +46,9 @@ for _size, (_depth, _width, _heads, _bottleneck, _start) in _JIT_SIZES.items():
             JiT,
             JiTConfig(_depth, _width, _heads, _patch, bottleneck_dim=_bottleneck, in_context_start=_start),
         )
+
+for _size, _base in _UNET_SIZES.items():
+    register_model(f"UNet-{_size}", UNet, UNetConfig(base_channels=_base))
 
 
 def list_models() -> list[str]:

@@ -61,6 +61,10 @@ SMOKE_FAMILY = {
     "meanflow": {"model.name": "SiT-S/2", "sample.kind": "meanflow", "sample.steps": 2},
     "repa-e": {"model.name": "SiT-S/2", **SMOKE_END_TO_END},
 }
+# A config whose backbone is not the family's transformer keeps its kind, small (instead of the family's model.*).
+SMOKE_BACKBONE = {
+    "UNet": {"model.name": "UNet-S", "align.depth": 2},  # 4 levels at 16 px; stage 2 (down.1): 8 x 8 tokens
+}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -115,16 +119,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def _family_of(config: str | None) -> str:
     """The recipe family a YAML file names (``sit`` when it names none)."""
-    if not config:
-        return "sit"
-    from pathlib import Path
+    return str(_yaml_value(config, "recipe") or "sit")
 
+
+def _yaml_value(config: str | None, *keys: str):
+    """``config[keys[0]][keys[1]]...`` of a YAML file, or None (load_config reports a real problem with the file)."""
+    if not config:
+        return None
     import yaml
 
     try:
-        return str((yaml.safe_load(Path(config).read_text()) or {}).get("recipe", "sit"))
+        value = yaml.safe_load(Path(config).read_text()) or {}
+        for key in keys:
+            value = value.get(key)
+        return value
     except (OSError, yaml.YAMLError, AttributeError):
-        return "sit"  # load_config reports the real problem with the file
+        return None
+
+
+def smoke_overrides(family: str, model_name: str | None) -> dict:
+    """What ``--smoke`` sets for a run of ``family`` whose config names ``model_name``."""
+    smoke = {**SMOKE_PRESET, **SMOKE_FAMILY.get(family, {})}
+    backbone = SMOKE_BACKBONE.get(str(model_name or "").split("-")[0])
+    if backbone is not None:
+        smoke = {k: v for k, v in smoke.items() if not k.startswith("model.") or k in SMOKE_PRESET}
+        smoke.update(backbone)
+    return smoke
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +156,8 @@ def run(args: argparse.Namespace) -> int:
     overrides: dict = recipe_overrides(args.recipe) if args.recipe else {}
     if args.smoke:
         family = overrides.get("recipe") or split_recipe_name(_family_of(args.config))[0]
-        overrides.update({**SMOKE_PRESET, **SMOKE_FAMILY.get(family, {})})
+        model = args.model or overrides_from_args(args).get("model.name") or _yaml_value(args.config, "model", "name")
+        overrides.update(smoke_overrides(family, model))
     shortcuts = {"model.name": args.model, "align.encoders": args.encoder, "out": args.out, "train.steps": args.steps}
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})
     overrides.update(overrides_from_args(args))

@@ -13,7 +13,7 @@ from torch import nn
 
 from irepa.align import Aligner
 from irepa.errors import ConfigError, TrainingDiverged
-from irepa.models import create_model
+from irepa.models import create_model, model_config
 
 
 class AlignedModel(nn.Module):
@@ -57,8 +57,15 @@ def step_generator(seed: int, step: int, rank: int, device: torch.device | str =
 
 
 def build_backbone(cfg) -> nn.Module:
-    """The model named in ``cfg.model`` (with MeanFlow's second time embedding when the objective needs it)."""
-    return create_model(cfg.model.name, **cfg.model.overrides(interval_embedding=cfg.objective.kind == "meanflow"))
+    """The model named in ``cfg.model`` (with MeanFlow's second time embedding when the objective needs it).
+
+    A backbone whose token grid and width depend on the aligned block (a U-Net: its config has
+    ``align_depth``) is built for ``align.depth``.
+    """
+    overrides = cfg.model.overrides(interval_embedding=cfg.objective.kind == "meanflow")
+    if hasattr(model_config(cfg.model.name), "align_depth"):
+        overrides["align_depth"] = cfg.align.depth
+    return create_model(cfg.model.name, **overrides)
 
 
 def build_aligner(cfg, backbone: nn.Module, device, dtype) -> tuple[Aligner | None, dict[str, nn.Module]]:
