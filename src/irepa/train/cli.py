@@ -90,6 +90,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="continue the run in --out from its latest checkpoint (refused if it is damaged); "
         "'--resume auto': from the newest intact one, with a warning; '--resume PATH': from that file only",
     )
+    p.add_argument("--init-from", metavar="RUN", default=None,
+                   help="fine-tune: start from RUN's weights, EMA and projectors with a fresh optimiser "
+                        "(without --config, RUN/config.yaml is the config)")
     p.add_argument(
         "--smoke",
         action="store_true",
@@ -138,12 +141,13 @@ def run(args: argparse.Namespace) -> int:
     shortcuts = {"model.name": args.model, "align.encoders": args.encoder, "out": args.out, "train.steps": args.steps}
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})
     overrides.update(overrides_from_args(args))
-    cfg = load_config(args.config, overrides)
+    config = args.config or (Path(args.init_from) / "config.yaml" if args.init_from else None)
+    cfg = load_config(config, overrides)
     if args.smoke:  # encoders are random-initialised in a smoke run: no weights needed
         for entry in cfg.align.encoders:
             entry.weights = entry.weights or "random"
     args.on_interrupt = lambda: resume_hint(Path(cfg.out))
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, init_from=args.init_from)
     print(f"finished at step {result.step}; checkpoint: {result.checkpoint}")
     return 0
 
