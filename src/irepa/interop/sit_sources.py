@@ -14,6 +14,7 @@ the bare EMA state dict. What each file means for irepa:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,23 @@ def _check_kind(source: str, ema: Mapping[str, torch.Tensor], args: Any) -> None
                      "REPA checkpoint", "use --from repa")
 
 
-def _latent_space(source: str, ema: Mapping[str, torch.Tensor], options: dict[str, Any]) -> tuple[dict, list[str]]:
+def _vae_factor(args: Any, channels: int, source: str) -> int:
+    """REPA-E's ``--vae f8d4`` / ``f16d32``: the downsampling factor, checked against the SiT's input channels."""
+    kind = arg(args, "vae")
+    match = re.fullmatch(r"f(\d+)d(\d+)", str(kind)) if kind is not None else None
+    if match is None:
+        if channels != 4:
+            raise refuse(source, f"the SiT takes {channels} latent channels and the arguments name no VAE (f8d4 / "
+                         "f16d32)", "import a checkpoint that carries its training arguments")
+        return 8
+    if int(match.group(2)) != channels:
+        raise refuse(source, f"the arguments name the VAE {kind} but the SiT takes {channels} channels",
+                     "check that the file and its arguments belong together")
+    return int(match.group(1))
+
+
+def _latent_space(source: str, ema: Mapping[str, torch.Tensor], options: dict[str, Any],
+                  args: Any = None) -> tuple[dict, list[str]]:
     """The codec state (VAE and per-channel statistics) and notes on where they came from."""
     vae = options.get("vae")
     channels = ema["x_embedder.proj.weight"].shape[1]
@@ -116,7 +133,8 @@ def _latent_space(source: str, ema: Mapping[str, torch.Tensor], options: dict[st
                          "checkpoint does not hold in a loadable form", "pass --vae DIR (the E2E-VAE as a diffusers "
                          "AutoencoderKL folder, e.g. downloaded from the REPA-E release)")
         mean, var = ema["bn.running_mean"].double(), ema["bn.running_var"].double()
-        return ({"kind": "latent", "vae": vae, "mean": mean.tolist(), "std": var.sqrt().tolist(), "factor": 8},
+        factor = _vae_factor(args, channels, source)
+        return ({"kind": "latent", "vae": vae, "mean": mean.tolist(), "std": var.sqrt().tolist(), "factor": factor},
                 ["latents: normalised by the EMA model's batch-norm running mean and sqrt(running var), as REPA-E "
                  f"decodes; VAE {vae}"])
     stats_file = options.get("latent_stats")
@@ -197,7 +215,6 @@ def import_sit(source: str, path: str | Path, options: dict[str, Any]) -> Import
         "objective.path": arg(args, "path_type", "linear"),
         "objective.time_sampling": arg(args, "weighting", "uniform"),
         "objective.label_dropout": float(arg(args, "cfg_prob", 0.1)),
-        "data.resolution": int(arg(args, "resolution", arch.input_size * 8)),
         "data.flip": False,
         "data.vae": "stabilityai/sd-vae-ft-mse" if source == "repa" else options.get("vae"),
         **PUBLISHED_SAMPLER[source],
@@ -209,5 +226,6 @@ def import_sit(source: str, path: str | Path, options: dict[str, Any]) -> Import
             settings[field] = arg(args, name)
     if arg(args, "adam_beta1") is not None:
         settings["train.betas"] = [float(arg(args, "adam_beta1")), float(arg(args, "adam_beta2", 0.999))]
-    codec, latent_notes = _latent_space(source, ema, options)
+    codec, latent_notes = _latent_space(source, ema, options, args)
+    settings["data.resolution"] = int(arg(args, "resolution", arch.input_size * codec["factor"]))
     return ImportedRun(source, settings, model, ema_model, codec, aligner, step=step, notes=notes + latent_notes)
