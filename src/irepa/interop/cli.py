@@ -40,5 +40,16 @@ def run(args: argparse.Namespace) -> int:
         args.source, args.ckpt, args.out, vae=args.vae, latent_stats=args.latent_stats, encoders=args.encoders,
         num_heads=args.num_heads, in_context_start=args.in_context_start, align_depth=args.align_depth,
     )
-    print(f"wrote {path} and {path.parent.parent / 'config.yaml'} (--from {args.source} {args.ckpt})")
+    run_dir = path.parent.parent
+    print(f"wrote {path} and {run_dir / 'config.yaml'} (--from {args.source} {args.ckpt})")
+    print(f"the release's sampler: {sample_command(run_dir)}")
     return 0
+
+
+def sample_command(run_dir) -> str:
+    """The ``irepa sample`` call with the sampler the imported run's config records (the published one)."""
+    from irepa.config import load_config
+
+    s = load_config(run_dir / "config.yaml").sample
+    return (f"irepa sample --ckpt {run_dir} --num-samples 50000 --sampler {s.kind} --steps {s.steps} "
+            f"--cfg-scale {s.cfg_scale:g} --guidance-low {s.guidance_low:g} --guidance-high {s.guidance_high:g}")
