@@ -146,6 +146,17 @@ def test_a_checkpoint_of_the_wrong_kind_is_refused_in_one_line(source, file, say
     assert not out.exists()
 
 
+def test_the_meanflow_ports_u_net_is_refused_with_the_reason(tmp_path, capsys):
+    # written by the port's own MeanFlow module: {"model": net / net_ema / net_ema1, "optimizer", ..., "args"}
+    code = main(["import", "--from", "meanflow", str(ASSETS / "meanflow.pt"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == CheckpointError.exit_code and len(err.splitlines()) == 1
+    assert "SongUNet" in err and "args.arch='unet'" in err
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(CheckpointError, match="use --from meanflow"):  # and the other way round
+        import_checkpoint("repa", ASSETS / "meanflow.pt", tmp_path / "run")
+
+
 def test_arguments_that_contradict_the_weights_are_refused(tmp_path):
     bad = torch.load(ASSETS / "repa.pt", weights_only=False)
     bad["args"].model = "SiT-B/2"  # depth 12, width 768: not these weights

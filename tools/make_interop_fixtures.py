@@ -8,7 +8,7 @@ the EMA weights (and the projector outputs at the encoder depth). The tests then
 files and irepa.
 
     python tools/make_interop_fixtures.py --repa ../REPA --irepa ../iREPA --repa-e ../REPA-E \
-        --jit ../JiT --out tests/assets/interop
+        --jit ../JiT --meanflow ../py-meanflow --out tests/assets/interop
 
 ``--jit`` is a JiT checkout (``model_jit.py`` + ``util/model_util.py``): LTH14/JiT, or iREPA's ``jit/``
 folder, whose ``model_jit.py`` is JiT's network with optional projectors (built here without them).
@@ -235,12 +235,41 @@ def make_jit(out: Path, name: str, jit_dir: Path, seed: int, projectors: dict | 
     save(out, name, checkpoint, golden)
 
 
+def make_meanflow(out: Path, port_dir: Path) -> None:
+    """A tiny model of the MeanFlow PyTorch port in its checkpoint format (its U-Net; no golden outputs:
+    irepa refuses the file, and the test checks the reason)."""
+    sys.path.insert(0, str(port_dir / "meanflow"))
+    try:
+        from models.meanflow import MeanFlow
+        from models.unet import SongUNet
+
+        args = argparse.Namespace(arch="unet", ema_decay=0.9999, ema_decays=[0.99995], dropout=0.0, use_edm_aug=False,
+                                  dataset="cifar10", epochs=4000, batch_size=128, lr=6e-4, norm_p=0.75,
+                                  norm_eps=1e-3, ratio=0.75)
+        torch.manual_seed(60)
+        net_configs = dict(img_resolution=8, in_channels=3, out_channels=3, model_channels=8, channel_mult=[1],
+                           num_blocks=1, attn_resolutions=[], dropout=0.0, channel_mult_noise=2,
+                           resample_filter=[1, 3, 3, 1])
+        model = MeanFlow(arch=SongUNet, net_configs=net_configs, args=args)
+        opt = torch.optim.Adam(model.net.parameters(), lr=6e-4)
+        checkpoint = {"model": model.state_dict(), "optimizer": opt.state_dict(), "lr_schedule": {},
+                      "epoch": 0, "args": args}
+    finally:
+        sys.path.remove(str(port_dir / "meanflow"))
+        for mod in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
+            del sys.modules[mod]
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, out / "meanflow.pt")
+    print(f"meanflow: {(out / 'meanflow.pt').stat().st_size / 1024:.0f} KB checkpoint")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repa", type=Path, help="sihyun-yu/REPA checkout")
     p.add_argument("--irepa", type=Path, help="End2End-Diffusion/iREPA checkout")
     p.add_argument("--repa-e", type=Path, help="End2End-Diffusion/REPA-E checkout")
     p.add_argument("--jit", type=Path, help="JiT checkout (LTH14/JiT, or iREPA's jit/ folder)")
+    p.add_argument("--meanflow", type=Path, help="Gsunshine/py-meanflow checkout (the MeanFlow PyTorch port)")
     p.add_argument("--out", type=Path, default=Path("tests/assets/interop"))
     a = p.parse_args()
     if a.repa:
@@ -268,6 +297,8 @@ def main() -> None:
                  {"qk_norm": False, "fused_attn": False}, repa_e_forward)
     if a.jit:
         make_jit(a.out, "jit", a.jit, 50, None)
+    if a.meanflow:
+        make_meanflow(a.out, a.meanflow)
 
 
 if __name__ == "__main__":

@@ -62,8 +62,8 @@ def describe_file(obj: Any) -> str:
             return "a REPA-E SiT with latent batch-norm (use --from repa-e)"
         if "x_embedder.proj.weight" in names:
             return "a SiT of the REPA code"
-    if {"net", "net_ema"} & keys or "model_ema" in keys:
-        return "a MeanFlow checkpoint (use --from meanflow)"
+    if isinstance(obj.get("model"), Mapping) and any(str(k).startswith("net_ema.") for k in obj["model"]):
+        return "a checkpoint of the MeanFlow PyTorch port (use --from meanflow)"
     return f"a dict with keys {sorted(map(str, keys))[:8]}"
 
 
@@ -186,12 +186,15 @@ def import_sit(source: str, path: str | Path, options: dict[str, Any]) -> Import
     aligner = None
     if layout is not None:
         encoders = options.get("encoders") or arg(args, "enc_type")
-        if args is None and not options.get("encoders"):
-            encoders = "dinov2-vit-b"  # REPA's release: DINOv2-B (generate.py asserts 768-dim projector)
-            notes.append("no arguments in the file: the encoder is REPA's released DINOv2-B, depth 8 (its README)")
+        if args is None and source == "repa":  # REPA's release: DINOv2-B at block 8, lambda 0.5 (its README)
+            encoders, depth_arg = encoders or "dinov2-vit-b", depth_arg or 8
+            notes.append(f"no arguments in the file: encoder {encoders}, depth {depth_arg} (REPA's released model)")
+        if not depth_arg:
+            raise refuse(source, "the file does not say after which block the projectors read (encoder_depth)",
+                         "pass --align-depth N")
         names = encoder_names_for(layout, encoders, source)
         coeffs = split_coeffs(arg(args, "proj_coeff", 0.5), len(names), source)
-        depth = int(depth_arg or 8)
+        depth = int(depth_arg)
         if not 1 <= depth <= arch.depth:
             raise refuse(source, f"encoder_depth {depth} is outside 1..{arch.depth}", "pass --align-depth")
         settings.update({
