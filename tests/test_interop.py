@@ -236,3 +236,12 @@ def test_init_from_loads_weights_ema_and_projectors_with_a_fresh_optimizer(tmp_p
             torch.testing.assert_close(tuned_ema[key], expected, atol=1e-6, rtol=1e-6)
     steps = {int(s["step"]) for s in tuned["optimizer"]["state"].values()}
     assert steps == {1}  # a fresh optimiser: its first step
+
+
+def test_init_from_trains_with_the_runs_own_config_from_any_of_its_paths(tmp_path):
+    from irepa.interop.init_from import run_config_of
+
+    path = import_checkpoint("jit", ASSETS / "jit.pt", tmp_path / "run", in_context_start=2)
+    for given in (tmp_path / "run", path.parent, path):
+        assert run_config_of(given) == tmp_path / "run" / "config.yaml"
+    assert load_config(run_config_of(path)).model.in_context_start == 2

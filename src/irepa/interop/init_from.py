@@ -12,6 +12,16 @@ from irepa.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
+def run_config_of(run: str | Path | None) -> Path | None:
+    """``config.yaml`` of the run that ``--init-from`` names (a run folder, its ``checkpoints/`` or a step file)."""
+    if run is None:
+        return None
+    path = Path(run)
+    folder = path.parent if path.is_file() else path
+    folder = folder.parent if folder.name == "checkpoints" else folder
+    return folder / "config.yaml"
+
+
 def _load(module: nn.Module, state: dict, what: str, run: str) -> None:
     try:
         module.load_state_dict(state, strict=True)

@@ -141,8 +141,11 @@ def run(args: argparse.Namespace) -> int:
     shortcuts = {"model.name": args.model, "align.encoders": args.encoder, "out": args.out, "train.steps": args.steps}
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})
     overrides.update(overrides_from_args(args))
-    config = args.config or (Path(args.init_from) / "config.yaml" if args.init_from else None)
-    cfg = load_config(config, overrides)
+    if args.config is None and args.init_from:  # fine-tuning a run: its own config unless one is given
+        from irepa.interop.init_from import run_config_of
+
+        args.config = run_config_of(args.init_from)
+    cfg = load_config(args.config, overrides)
     if args.smoke:  # encoders are random-initialised in a smoke run: no weights needed
         for entry in cfg.align.encoders:
             entry.weights = entry.weights or "random"
