@@ -230,5 +230,9 @@ def import_sit(source: str, path: str | Path, options: dict[str, Any]) -> Import
     if arg(args, "adam_beta1") is not None:
         settings["train.betas"] = [float(arg(args, "adam_beta1")), float(arg(args, "adam_beta2", 0.999))]
     codec, latent_notes = _latent_space(source, ema, options, args)
-    settings["data.resolution"] = int(arg(args, "resolution", arch.input_size * codec["factor"]))
+    resolution = arch.input_size * codec["factor"]
+    if arg(args, "resolution") is not None and int(arg(args, "resolution")) != resolution:
+        raise refuse(source, f"the arguments say resolution {arg(args, 'resolution')} but the SiT's {arch.input_size}² "
+                     f"latents of an f{codec['factor']} VAE are {resolution} px", "check the file and its arguments")
+    settings["data.resolution"] = resolution
     return ImportedRun(source, settings, model, ema_model, codec, aligner, step=step, notes=notes + latent_notes)
