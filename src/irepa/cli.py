@@ -31,6 +31,7 @@ COMMANDS = {
     "quickstart": "irepa.experiments.cli",
     "compare": "irepa.experiments.cli",
     "diagnose": "irepa.experiments.cli",
+    "import": "irepa.interop.cli",
 }
 COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))
 DEBUG_FLAG = "--debug"

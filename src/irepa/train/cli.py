@@ -95,6 +95,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "'--resume auto': from the newest usable one (intact and loadable), with a warning; "
         "'--resume PATH': from that file only",
     )
+    p.add_argument("--init-from", metavar="RUN", default=None,
+                   help="fine-tune: start from RUN's weights, EMA and projectors with a fresh optimiser "
+                        "(without --config, RUN/config.yaml is the config)")
     p.add_argument(
         "--smoke",
         action="store_true",
@@ -161,12 +164,16 @@ def run(args: argparse.Namespace) -> int:
     shortcuts = {"model.name": args.model, "align.encoders": args.encoder, "out": args.out, "train.steps": args.steps}
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})
     overrides.update(overrides_from_args(args))
+    if args.config is None and args.init_from:  # fine-tuning a run: its own config unless one is given
+        from irepa.interop.init_from import run_config_of
+
+        args.config = run_config_of(args.init_from)
     cfg = load_config(args.config, overrides)
     if args.smoke:  # encoders are random-initialised in a smoke run: no weights needed
         for entry in cfg.align.encoders:
             entry.weights = entry.weights or "random"
     args.on_interrupt = lambda: resume_hint(Path(cfg.out))
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, init_from=args.init_from)
     if result.checkpoint is None:  # resumed a run that had already reached train.steps: no step was taken
         from irepa.train.checkpoint import latest_checkpoint
 

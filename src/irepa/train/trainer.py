@@ -132,7 +132,8 @@ def _grid_labels(cfg: RunConfig) -> torch.Tensor:
     return classes.repeat_interleave(cfg.train.grid_per_class)
 
 
-def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | None = None, dataset=None) -> TrainResult:
+def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | None = None, dataset=None,
+          init_from: str | Path | None = None) -> TrainResult:
     """Train per ``cfg``. ``resume``: see :func:`irepa.train.checkpoint.resolve_resume` (True/"latest",
     "auto" for the newest intact checkpoint, or a path).
 
@@ -140,7 +141,8 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     carry precomputed encoder tokens as ``target.<encoder name>``).
 
     ``stop_after`` ends this call after that many optimizer steps (a checkpoint is written), which
-    is how a job scheduler's time limit or a test's interruption looks to the loop.
+    is how a job scheduler's time limit or a test's interruption looks to the loop. ``init_from`` (a run
+    folder or checkpoint) starts a new run from that run's weights, EMAs and projectors.
     """
     from accelerate import Accelerator
 
@@ -198,6 +200,10 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
         step = int(ckpt["step"])
         log.info("resumed from %s at step %d", ckpt["path"], step)
         del ckpt  # the weights now live in the modules; do not hold a second copy for the whole run
+    elif init_from is not None:  # fine-tune: weights, EMAs and projectors of another run; a fresh optimiser
+        from irepa.interop.init_from import init_from_run
+
+        init_from_run(init_from, backbone, aligner, emas)
 
     if t_cfg.compile:  # regional: each block compiled in place, so DDP still overlaps its all-reduce
         for block in backbone.blocks:

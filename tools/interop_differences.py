@@ -1,0 +1,48 @@
+"""Print, per source, how far the imported network is from the reference forward on the golden fixtures.
+
+    python tools/interop_differences.py        # ||ours - reference|| / ||reference||, raw and EMA weights
+
+Reads tests/assets/interop/ (written by tools/make_interop_fixtures.py) and irepa only.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from irepa.interop import import_checkpoint
+from irepa.sample.pipeline import build_model_from_config
+from irepa.train.checkpoint import load_checkpoint
+
+ASSETS = Path(__file__).resolve().parent.parent / "tests" / "assets" / "interop"
+OPTIONS = {
+    "repa": {"num_heads": 2},
+    "irepa-ldm": {"num_heads": 2, "vae": "stabilityai/sd-vae-ft-mse",
+                  "latent_stats": str(ASSETS / "irepa-ldm-latents-stats.pt")},
+    "repa-e": {"num_heads": 2, "vae": "E2E-VAE-folder"},
+    "jit": {"in_context_start": 2},
+    "irepa-jit": {"in_context_start": 2},
+}
+
+
+def main() -> None:
+    print("| --from | raw weights | EMA weights |\n|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for source, options in OPTIONS.items():
+            ckpt = load_checkpoint(import_checkpoint(source, ASSETS / f"{source}.pt", Path(tmp) / source, **options))
+            golden = torch.load(ASSETS / f"{source}-golden.pt")
+            t = 1 - golden["t"] if "jit" in source else golden["t"]  # the fixtures hold JiT's own time
+            model = build_model_from_config(ckpt["config"]).eval()
+            row = []
+            for key, ref in (("model", "out_raw"), ("ema", "out_ema")):
+                model.load_state_dict(ckpt[key])
+                with torch.no_grad():
+                    out = model(golden["x"], t, golden["y"])
+                row.append(f"{float((out - golden[ref]).norm() / golden[ref].norm()):.1e}")
+            print(f"| `{source}` | {row[0]} | {row[1]} |")
+
+
+if __name__ == "__main__":
+    main()
