@@ -92,7 +92,7 @@ class Generator:
 def build_model_from_config(cfg: dict[str, Any]) -> nn.Module:
     """The backbone described by a checkpoint's config dict."""
     from irepa.config import from_dict
-    from irepa.train.parts import build_backbone
+    from irepa.train.aligned_model import build_backbone
 
     return build_backbone(from_dict(RunConfig, with_defaults(cfg), "checkpoint config"))
 
