@@ -1,6 +1,7 @@
 """The training loop, on accelerate: CPU, one GPU or many (``accelerate launch``), unchanged.
 
-Top to bottom: find the checkpoint to resume, if any; build the run
+Top to bottom: hold the run folder (an OS lock: a second ``irepa train`` or ``--resume`` on the same
+``--out`` is refused while this one lives); find the checkpoint to resume, if any; build the run
 (:class:`~irepa.train.run.Run`: codec, objective, backbone with its alignment head, EMAs,
 optimiser, REPA-E's step) and restore it; then for every step: ``run.step`` -> log, sample grid,
 checkpoint. Randomness of a step comes from a generator seeded by (seed, step, rank), so resuming
@@ -9,6 +10,7 @@ is exact without RNG bookkeeping; scalars stay on the device between log steps.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 from irepa.config import RunConfig, save_config, to_dict
 from irepa.errors import TrainingDiverged
 from irepa.sample.pipeline import make_grid, save_png
+from irepa.utils.io import hold_folder
 
 from .checkpoint import atomic_torch_save, latest_checkpoint, load_checkpoint, prune_checkpoints, resolve_resume
 from .divergence import check_finite
@@ -27,6 +30,8 @@ from .logger import ScalarLogger, StepLog
 from .run import Run, make_accelerator, step_generator
 
 __all__ = ["TrainResult", "TrainingDiverged", "train", "step_generator"]
+
+OWNED_RUN_FIX = "wait for that run to finish (or stop it), then rerun with --resume; or train into another --out"
 
 
 @dataclass
@@ -58,71 +63,73 @@ def train(cfg: RunConfig, resume: bool | str | None = None, stop_after: int | No
     accelerator = make_accelerator(cfg)
     is_main = accelerator.is_main_process
 
-    # ---- build the run, restored from its checkpoint when resuming
-    ckpt_path = resolve_resume(ckpt_dir, resume)
-    state = load_checkpoint(ckpt_path) if ckpt_path else None
-    run = Run.build(cfg, accelerator, dataset, state=state)
-    del state  # the weights now live in the modules; do not hold a second copy for the whole run
-    batches = run.batches()
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    logger = ScalarLogger(run_dir, t_cfg.report_to, to_dict(cfg), enabled=is_main)
-    logger.truncate_after(run.steps_done)
-
-    def save_checkpoint() -> Path:
-        path = ckpt_dir / f"step_{run.steps_done:07d}.pt"
+    # ---- one writer per run folder, for the run's whole life (the kernel releases it however we exit)
+    owner = hold_folder(run_dir, "a running irepa train", OWNED_RUN_FIX) if is_main else contextlib.nullcontext()
+    with owner:
+        # ---- build the run, restored from its checkpoint when resuming
+        ckpt_path = resolve_resume(ckpt_dir, resume)
+        state = load_checkpoint(ckpt_path) if ckpt_path else None
+        run = Run.build(cfg, accelerator, dataset, state=state)
+        del state  # the weights now live in the modules; do not hold a second copy for the whole run
+        batches = run.batches()
         if is_main:
-            atomic_torch_save(run.state_dict(), path)
-            prune_checkpoints(ckpt_dir, t_cfg.keep_checkpoints)
-        accelerator.wait_for_everyone()
-        return path
+            save_config(cfg, run_dir / "config.yaml")
+        logger = ScalarLogger(run_dir, t_cfg.report_to, to_dict(cfg), enabled=is_main)
+        logger.truncate_after(run.steps_done)
 
-    def save_grid() -> None:
-        if is_main:
-            labels = grid_labels(cfg)
-            images = run.generator().generate(labels, list(range(len(labels))), cfg.sample)
-            grid = make_grid(images, nrow=t_cfg.grid_per_class)
-            save_png(grid, run_dir / "samples" / f"step_{run.steps_done:07d}.png")
+        def save_checkpoint() -> Path:
+            path = ckpt_dir / f"step_{run.steps_done:07d}.pt"
+            if is_main:
+                atomic_torch_save(run.state_dict(), path)
+                prune_checkpoints(ckpt_dir, t_cfg.keep_checkpoints)
+            accelerator.wait_for_everyone()
+            return path
 
-    step_log = StepLog()
-    losses: list[float] = []
+        def save_grid() -> None:
+            if is_main:
+                labels = grid_labels(cfg)
+                images = run.generator().generate(labels, list(range(len(labels))), cfg.sample)
+                grid = make_grid(images, nrow=t_cfg.grid_per_class)
+                save_png(grid, run_dir / "samples" / f"step_{run.steps_done:07d}.png")
 
-    def read_log() -> None:
-        """Bring the window's scalars to the host; stop if anything diverged; write the log row."""
-        nonlocal tic
-        steps, rows = step_log.flush()
-        if not rows:
-            return
-        if t_cfg.mixed_precision != "fp16":  # under fp16 the loss scaler skips overflowing steps itself
-            check_finite(steps, rows, f"the last good checkpoint ({latest_checkpoint(ckpt_dir)})")
-        losses.extend(r["loss"] for r in rows)
-        elapsed = time.perf_counter() - tic
-        scalars = {k: float(np.nanmean([r.get(k, np.nan) for r in rows])) for k in rows[-1] if k != "lr"}
-        scalars.update(lr=rows[-1]["lr"], steps_per_s=len(rows) / max(elapsed, 1e-9))
-        logger.log(steps[-1], scalars)
-        bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+        step_log = StepLog()
+        losses: list[float] = []
+
+        def read_log() -> None:
+            """Bring the window's scalars to the host; stop if anything diverged; write the log row."""
+            nonlocal tic
+            steps, rows = step_log.flush()
+            if not rows:
+                return
+            if t_cfg.mixed_precision != "fp16":  # under fp16 the loss scaler skips overflowing steps itself
+                check_finite(steps, rows, f"the last good checkpoint ({latest_checkpoint(ckpt_dir)})")
+            losses.extend(r["loss"] for r in rows)
+            elapsed = time.perf_counter() - tic
+            scalars = {k: float(np.nanmean([r.get(k, np.nan) for r in rows])) for k in rows[-1] if k != "lr"}
+            scalars.update(lr=rows[-1]["lr"], steps_per_s=len(rows) / max(elapsed, 1e-9))
+            logger.log(steps[-1], scalars)
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
+            tic = time.perf_counter()
+
+        # ---- the loop
+        end_step = t_cfg.steps if stop_after is None else min(t_cfg.steps, run.steps_done + stop_after)
+        last_ckpt = None
+        bar = tqdm(total=t_cfg.steps, initial=run.steps_done, desc="train", disable=not is_main, dynamic_ncols=True)
         tic = time.perf_counter()
+        while run.steps_done < end_step:
+            lr, scalars = run.step(batches)  # batch -> codec -> targets -> objective.loss -> step, EMA
+            step = run.steps_done
+            step_log.add(step, lr, scalars)
+            bar.update(1)
 
-    # ---- the loop
-    end_step = t_cfg.steps if stop_after is None else min(t_cfg.steps, run.steps_done + stop_after)
-    last_ckpt = None
-    bar = tqdm(total=t_cfg.steps, initial=run.steps_done, desc="train", disable=not is_main, dynamic_ncols=True)
-    tic = time.perf_counter()
-    while run.steps_done < end_step:
-        lr, scalars = run.step(batches)  # batch -> codec -> targets -> objective.loss -> step, EMA
-        step = run.steps_done
-        step_log.add(step, lr, scalars)
-        bar.update(1)
-
-        at_ckpt = step % t_cfg.ckpt_every == 0 or step == end_step
-        at_grid = t_cfg.sample_every > 0 and (step % t_cfg.sample_every == 0 or step == t_cfg.steps)
-        if step % t_cfg.log_every == 0 or at_ckpt or at_grid:
-            read_log()
-        if at_grid:
-            save_grid()
-        if at_ckpt:
-            last_ckpt = save_checkpoint()
-    bar.close()
-    logger.close()
+            at_ckpt = step % t_cfg.ckpt_every == 0 or step == end_step
+            at_grid = t_cfg.sample_every > 0 and (step % t_cfg.sample_every == 0 or step == t_cfg.steps)
+            if step % t_cfg.log_every == 0 or at_ckpt or at_grid:
+                read_log()
+            if at_grid:
+                save_grid()
+            if at_ckpt:
+                last_ckpt = save_checkpoint()
+        bar.close()
+        logger.close()
     return TrainResult(run_dir=run_dir, step=run.steps_done, losses=losses, checkpoint=last_ckpt)
