@@ -238,7 +238,8 @@ class ReferenceStyleStep:
         self.depth, self.coeff = cfg.align.depth, cfg.align.coeff
         self.encoders = {}
         for name, enc in run.encoders.items():  # fp32 weights, autocast at run time
-            fp32 = next(enc.parameters()).dtype == torch.float32
+            weight = next(enc.parameters(), None)  # None: a weight-free encoder (HOG)
+            fp32 = weight is None or weight.dtype == torch.float32
             self.encoders[name] = enc if fp32 else copy.deepcopy(enc).float()
         self.params = [p for p in run.module.parameters() if p.requires_grad]
         extra = {"foreach": False} if adamw == "for-loop" else {}
