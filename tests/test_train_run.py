@@ -83,7 +83,7 @@ def test_encoders_run_at_the_run_precision_on_cuda_and_float32_on_a_cpu():
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert encoder_dtype("fp16", cuda) == torch.float16
     assert encoder_dtype("bf16", cuda) == torch.bfloat16
-    assert encoder_dtype("no", cuda) == torch.float32
+    assert encoder_dtype("fp32", cuda) == encoder_dtype("no", cuda) == torch.float32  # "no": the old name
     assert {encoder_dtype(p, cpu) for p in ("no", "fp16", "bf16")} == {torch.float32}
 
 

@@ -30,11 +30,13 @@ def _wait_until_held(folder: Path, proc) -> None:
 
 
 def _refusal(capsys, *args) -> str:
+    """The one error line of a refused command (``irepa sample`` may say which checkpoint it read first)."""
     capsys.readouterr()
     assert cli(*args) == FolderInUseError.exit_code
     err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err and len(err.splitlines()) == 1
-    return err
+    errors = [line for line in err.splitlines() if line.startswith(f"irepa {args[0]}:")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    return errors[0]
 
 
 def test_a_second_training_on_a_live_run_is_refused_and_the_first_finishes_intact(tmp_path, capsys):
