@@ -435,6 +435,22 @@ __all__ = [
 # one writer per folder
 
 LOCK_FILE = ".irepa.lock"
+_held_locks: set[int] = set()  # descriptors of the folders this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a data-loader worker): close the inherited lock descriptors, so the lock ends
+    with the process that took it, not with the last of its children."""
+    for fd in _held_locks:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 @contextmanager
@@ -444,6 +460,7 @@ def hold_folder(folder: str | os.PathLike, what: str, fix: str) -> Iterator[Path
     ``what`` names the holder's job in the refusal another process gets (``irepa train``), ``fix``
     what that process should do instead. The lock file records the holder's pid and host for that
     message; it stays in place when released (removing it would let two processes lock two files).
+    Forked children (data-loader workers) close their inherited copy, so the lock ends with its holder.
     Where ``fcntl`` does not exist (Windows) the folder is not locked.
     """
     from irepa.errors import FolderInUseError
@@ -468,6 +485,8 @@ def hold_folder(folder: str | os.PathLike, what: str, fix: str) -> Iterator[Path
             raise FolderInUseError(f"{folder} is in use by {what} ({who}); nothing was written", fix=fix) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        _held_locks.add(fd)
         yield folder
     finally:
+        _held_locks.discard(fd)
         os.close(fd)  # releases the lock
