@@ -31,9 +31,10 @@ STEPS = 6
 
 
 def _config(out, **extra):
-    common = tiny_overrides(out, **{"data.synthetic_size": 48, "align.projector_hidden_dim": 32, "train.steps": STEPS,
-                                    "train.warmup_steps": 2, "train.ema_decay": 0.9, "train.extra_ema_decays": [0.5],
-                                    "train.ema_warmup": True, "train.grad_accum": 2, **extra})
+    common = tiny_overrides(out, **{
+        "data.synthetic_size": 48, "align.encoders": "hog", "align.projector_hidden_dim": 32, "train.steps": STEPS,
+        "train.warmup_steps": 2, "train.ema_decay": 0.9, "train.extra_ema_decays": [0.5], "train.ema_warmup": True,
+        "train.grad_accum": 2, **extra})
     return with_random_encoders(load_config(None, recipe_overrides("sit-irepa", common)))
 
 
