@@ -87,7 +87,7 @@ def bf16_compile(tmp: Path):
     from irepa.train.trainer import train
 
     on_gpu = DEVICE == "cuda"
-    extra = {"train.mixed_precision": "bf16" if on_gpu else "no", "train.compile": on_gpu}
+    extra = {"train.mixed_precision": "bf16" if on_gpu else "fp32", "train.compile": on_gpu}
     return _falling(train(tiny_config(tmp / "bf16", **extra)).losses)
 
 
@@ -102,14 +102,15 @@ def fp16_compile(tmp: Path):
 
 @check("JiT and MeanFlow (JVP) train in bf16")
 def families(tmp: Path):
+    from irepa.models.presets import small_model
     from irepa.recipes import recipe_overrides
     from irepa.train.trainer import train
 
     out = []
-    jit = {**recipe_overrides("jit-irepa"), "model.name": "JiT-B/16", "model.patch_size": 4, "model.depth": 4,
-           "model.in_context_start": 2, "model.in_context_len": 8, "train.extra_ema_decays": [], "train.grad_clip": 1.0}
+    jit = {**recipe_overrides("jit-irepa"), **small_model("jit", depth=4, in_context_len=8),
+           "train.extra_ema_decays": [], "train.grad_clip": 1.0}
     mf = recipe_overrides("meanflow-irepa")
-    precision = {"train.mixed_precision": "bf16" if DEVICE == "cuda" else "no"}
+    precision = {"train.mixed_precision": "bf16" if DEVICE == "cuda" else "fp32"}
     jit, mf = {**jit, **precision}, {**mf, **precision}
     for name, extra in (("jit", jit), ("meanflow", mf)):
         out.append(f"{name}: " + _falling(train(tiny_config(tmp / name, **extra)).losses))
@@ -120,7 +121,7 @@ def families(tmp: Path):
 def resume(tmp: Path):
     from irepa.train.trainer import train
 
-    extra = {"train.mixed_precision": "bf16" if DEVICE == "cuda" else "no", "train.steps": 20, "train.ckpt_every": 10}
+    extra = {"train.mixed_precision": "bf16" if DEVICE == "cuda" else "fp32", "train.steps": 20, "train.ckpt_every": 10}
     full = train(tiny_config(tmp / "full", **extra)).losses
     first = train(tiny_config(tmp / "split", **extra), stop_after=10).losses
     second = train(tiny_config(tmp / "split", **extra), resume=True).losses

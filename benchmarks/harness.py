@@ -51,7 +51,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def use_precision(precision: str, device: torch.device) -> str:
-    """Set the matmul mode for ``precision`` and return accelerate's ``mixed_precision`` for it.
+    """Set the matmul mode for ``precision`` and return the run's ``train.mixed_precision`` for it.
 
     ``tf32`` is fp32 training with TF32 matmuls and convolutions (CUDA only); ``fp32`` turns them off
     (PyTorch's default); ``bf16`` is bf16 autocast with fp32 weights.
@@ -63,7 +63,7 @@ def use_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
         torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    return "bf16" if precision == "bf16" else "no"
+    return "bf16" if precision == "bf16" else "fp32"
 
 
 # ---------------------------------------------------------------------------------------------- timing

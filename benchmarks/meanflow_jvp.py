@@ -37,7 +37,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from irepa.models import create_model
 from irepa.objectives import FlowMatching, MeanFlow, MeanFlowConfig, ObjectiveConfig
-from irepa.train.parts import AlignedModel
+from irepa.train.aligned_model import AlignedModel
 
 
 def sync(device: torch.device) -> None:

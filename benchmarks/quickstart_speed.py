@@ -147,7 +147,7 @@ def bench_sample() -> None:
     from irepa.objectives import build_objective
     from irepa.recipes import recipe_overrides
     from irepa.sample.pipeline import Generator
-    from irepa.train.parts import build_backbone
+    from irepa.train.aligned_model import build_backbone
 
     cfg = small_scale_config("unused", recipe_overrides("irepa"))
     model = build_backbone(cfg).eval()  # untrained: the cost of a forward does not depend on the weights

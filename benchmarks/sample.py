@@ -34,7 +34,7 @@ from irepa.diffusion.samplers import SamplerConfig
 from irepa.objectives import build_objective
 from irepa.recipes import recipe_overrides
 from irepa.sample.pipeline import Generator
-from irepa.train.parts import build_backbone
+from irepa.train.aligned_model import build_backbone
 
 MODELS = {  # name -> (recipe family, model, input size, channels)
     "SiT-S/2": ("sit", "SiT-S/2", 32, 4),

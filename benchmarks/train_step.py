@@ -12,12 +12,12 @@ weights (``--encoder``, default DINOv2-B at 224 px = 16x16 tokens): same compute
 Batches are synthetic host tensors shaped like the loader's (float images in [0, 1], latent posterior
 moments, labels; pinned on CUDA) and are moved to the device inside the step, as in training.
 
-**Ours** is the library's step: :class:`irepa.train.step.TrainStep` on parts assembled in the
-trainer's order (``build_backbone``, ``build_aligner``, ``AlignedModel``, ``EMA``, ``build_optimizer``
-— fused AdamW on CUDA —, per-block ``compile``, ``accelerator.prepare``); per step: codec.encode ->
-encoder targets -> ``objective.loss`` under autocast -> backward -> clip -> optimiser step -> EMA,
-the scalars collected in a ``StepLog`` on the device and read back once per timed window (the
-trainer reads them once per log interval).
+**Ours** is the library's step: :meth:`irepa.train.run.Run.step` of a run assembled by
+:meth:`irepa.train.run.Run.build`, exactly as the trainer builds it (backbone, encoders at the run's
+autocast dtype, alignment head, EMAs, fused AdamW on CUDA, per-block ``compile``,
+``accelerator.prepare``); per step: codec.encode -> encoder targets -> ``objective.loss`` under
+autocast -> backward -> clip -> optimiser step -> EMA, the scalars collected in a ``StepLog`` on the
+device and read back once per timed window (the trainer reads them once per log interval).
 
 **Reference-style** is a step written here to mirror the structure of the published REPA / iREPA
 training loops, built on the same model, projector and encoder objects:
@@ -88,20 +88,12 @@ from harness import (
 from torch.utils.flop_counter import FlopCounterMode
 
 from irepa.align.projectors import ConvProjector
-from irepa.codecs import CachedLatentCodec, PixelCodec
 from irepa.config import RunConfig, load_config
-from irepa.objectives import build_objective
+from irepa.precision import accelerate_mixed_precision
 from irepa.recipes import recipe_overrides
-from irepa.train.ema import EMA
-from irepa.train.parts import (
-    AlignedModel,
-    StepLog,
-    build_aligner,
-    build_backbone,
-    build_optimizer,
-    check_finite,
-)
-from irepa.train.step import TrainStep
+from irepa.train.divergence import check_finite
+from irepa.train.logger import StepLog
+from irepa.train.run import Run
 
 IMAGE_SIZE = 256  # pixels the loader delivers (encoder input before its own resize; JiT's input)
 
@@ -156,6 +148,7 @@ def make_config(spec: ModelSpec, recipe: str, mixed_precision: str, compile_bloc
         "train.mixed_precision": mixed_precision,
         "train.compile": compile_blocks,
         "train.report_to": ["none"],
+        "train.sample_every": 0,  # no sample grid: its decoder is not needed
     }
     return load_config(None, recipe_overrides(f"{spec.family}-{recipe}", common))
 
@@ -167,38 +160,28 @@ def fresh_accelerator(mixed_precision: str, device: torch.device):
 
     AcceleratorState._reset_state()
     GradientState._reset_state()
-    return Accelerator(mixed_precision=mixed_precision, cpu=device.type == "cpu")
+    return Accelerator(mixed_precision=accelerate_mixed_precision(mixed_precision), cpu=device.type == "cpu")
 
 
-@dataclass
-class Ours:
-    cfg: RunConfig
-    module: AlignedModel
-    train_step: TrainStep
+class BatchShapes(torch.utils.data.Dataset):
+    """What ``Run.build`` reads of a dataset: its classes and, for latents, the VAE and statistics that
+    choose the codec (a cached-latent codec needs no VAE to encode). The batches come from :func:`host_batches`."""
+
+    def __init__(self, cfg: RunConfig):
+        self.num_classes = cfg.model.num_classes
+        if cfg.model.in_channels == 4:
+            self.vae, self.latent_stats = "stabilityai/sd-vae-ft-mse", ([0.0] * 4, [1.0] * 4)
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: int) -> dict:
+        raise IndexError("the benchmark feeds its own host batches")
 
 
-def build_ours(cfg: RunConfig, device: torch.device) -> Ours:
-    """The trainer's parts, in the trainer's order (see irepa.train.trainer.train)."""
-    t_cfg = cfg.train
-    accelerator = fresh_accelerator(t_cfg.mixed_precision, device)
-    device = accelerator.device
-    spec_latent = cfg.model.in_channels == 4
-    codec = (CachedLatentCodec("stabilityai/sd-vae-ft-mse", [0.0] * 4, [1.0] * 4) if spec_latent
-             else PixelCodec(cfg.model.in_channels)).to(device)  # encode needs no VAE
-    objective = build_objective(cfg.objective, cfg.model.num_classes)
-    torch.manual_seed(t_cfg.seed)
-    backbone = build_backbone(cfg)
-    enc_dtype = torch.bfloat16 if (t_cfg.mixed_precision == "bf16" and device.type == "cuda") else torch.float32
-    aligner, encoders = build_aligner(cfg, backbone, device, enc_dtype)
-    module = AlignedModel(backbone, aligner, cfg.align.depth).to(device)
-    emas = [EMA(backbone, d, t_cfg.ema_warmup).to(device) for d in [t_cfg.ema_decay, *t_cfg.extra_ema_decays]]
-    optimizer = build_optimizer(t_cfg, module, device)
-    if t_cfg.compile:
-        for block in backbone.blocks:
-            block.compile()
-    net, optimizer = accelerator.prepare(module, optimizer)
-    step = TrainStep(cfg, accelerator, net, optimizer, codec, objective, aligner, encoders, backbone, emas)
-    return Ours(cfg, module, step)
+def build_ours(cfg: RunConfig, device: torch.device) -> Run:
+    """The run as the trainer builds it (:meth:`Run.build`), on a fresh accelerator."""
+    return Run.build(cfg, fresh_accelerator(cfg.train.mixed_precision, device), BatchShapes(cfg))
 
 
 def host_batches(cfg: RunConfig, device: torch.device, cached: dict[str, tuple[int, int]] | None = None,
@@ -227,17 +210,15 @@ def host_batches(cfg: RunConfig, device: torch.device, cached: dict[str, tuple[i
 
 
 class OursCandidate:
-    """TrainStep, its scalars kept in a StepLog and read back (and checked) once per window."""
+    """``Run.step``, its scalars kept in a StepLog and read back (and checked) once per window."""
 
-    def __init__(self, train_step: TrainStep, batches: Iterator[dict]):
-        self.train_step, self.batches = train_step, batches
+    def __init__(self, run: Run, batches: Iterator[dict]):
+        self.run, self.batches = run, batches
         self.log = StepLog()
-        self.index = 0
 
     def step(self) -> None:
-        lr, scalars = self.train_step(self.index, self.batches)
-        self.index += 1
-        self.log.add(self.index, lr, scalars)
+        lr, scalars = self.run.step(self.batches)
+        self.log.add(self.run.steps_done, lr, scalars)
 
     def end_window(self) -> None:
         steps, rows = self.log.flush()
@@ -250,21 +231,21 @@ class OursCandidate:
 class ReferenceStyleStep:
     """One step shaped like the published REPA / iREPA loops (see the module docstring), on ours' objects."""
 
-    def __init__(self, ours: Ours, adamw: str):
-        ts = ours.train_step
-        cfg, t = ours.cfg, ours.cfg.train
-        self.acc, self.device = ts.accelerator, ts.accelerator.device
-        self.backbone, self.aligner, self.objective, self.codec = ts.backbone, ts.aligner, ts.objective, ts.codec
+    def __init__(self, run: Run, adamw: str):
+        cfg, t = run.cfg, run.cfg.train
+        self.acc, self.device = run.accelerator, run.accelerator.device
+        self.backbone, self.aligner, self.objective, self.codec = run.backbone, run.aligner, run.objective, run.codec
         self.depth, self.coeff = cfg.align.depth, cfg.align.coeff
         self.encoders = {}
-        for name, enc in ts.encoders.items():  # fp32 weights, autocast at run time
-            fp32 = next(enc.parameters()).dtype == torch.float32
+        for name, enc in run.encoders.items():  # fp32 weights, autocast at run time
+            weight = next(enc.parameters(), None)  # None: a weight-free encoder (HOG)
+            fp32 = weight is None or weight.dtype == torch.float32
             self.encoders[name] = enc if fp32 else copy.deepcopy(enc).float()
-        self.params = [p for p in ours.module.parameters() if p.requires_grad]
+        self.params = [p for p in run.module.parameters() if p.requires_grad]
         extra = {"foreach": False} if adamw == "for-loop" else {}
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
                                            eps=t.adam_eps, **extra)
-        self.emas = [(ema.shadow, ema.decay) for ema in ts.emas]  # JiT keeps two, as its loop does
+        self.emas = [(ema.shadow, ema.decay) for ema in run.emas]  # JiT keeps two, as its loop does
         self.grad_clip = t.grad_clip  # 0: the loop neither clips nor computes the norm (JiT)
         self.logs: list[dict[str, float]] = []
 
@@ -376,16 +357,15 @@ def run_setting(spec_name: str, recipe: str, precision: str, mode: str, args, de
     base = {"model": spec_name, "recipe": recipe, "precision": precision, "mode": mode, "batch": args.batch}
     say(f"\n== {spec_name} {recipe} {precision} {mode} batch {args.batch}")
     started = time.perf_counter()
-    ours = build_ours(cfg, device)
-    ts = ours.train_step
+    run = build_ours(cfg, device)
     batches = itertools.cycle(host_batches(cfg, device))
-    candidates: dict[str, Any] = {"ours": OursCandidate(ts, batches)}
+    candidates: dict[str, Any] = {"ours": OursCandidate(run, batches)}
 
     # one eager step under the FLOP counter (the first warm-up step), the encoders' share apart
     flops_step = count_flops(candidates["ours"].step) / args.batch
     candidates["ours"].end_window()
     flops_encoder = 0.0
-    for enc in ts.encoders.values():
+    for enc in run.encoders.values():
         one = next(batches)["image"][:1].to(device)
         flops_encoder += count_flops(lambda enc=enc, one=one: enc.encode(one))
     for _ in range(max(0, args.warmup - 1)):
@@ -398,17 +378,18 @@ def run_setting(spec_name: str, recipe: str, precision: str, mode: str, args, de
     warm = {"ours": 0}
 
     if recipe in args.reference_recipes:
-        ref = ReferenceStyleStep(ours, args.reference_adamw)
+        ref = ReferenceStyleStep(run, args.reference_adamw)
         candidates["reference"] = ReferenceCandidate(ref, itertools.cycle(host_batches(cfg, device)))
         warm["reference"] = args.warmup
-    if recipe in args.overhead_recipes and ts.aligner is not None:
-        dims = {n: (math.prod(ts.backbone.grid), e.embed_dim) for n, e in ts.encoders.items()}
+    if recipe in args.overhead_recipes and run.aligner is not None:
+        dims = {n: (math.prod(run.backbone.grid), e.embed_dim) for n, e in run.encoders.items()}
         cached = itertools.cycle(host_batches(cfg, device, cached=dims))
-        candidates["cached targets"] = OursCandidate(ts, cached)
-        candidates["vanilla, same objects"] = OursCandidate(dataclasses.replace(ts, aligner=None, encoders={}), batches)
+        candidates["cached targets"] = OursCandidate(run, cached)
+        vanilla = dataclasses.replace(run, aligner=None, encoders={})  # the same objects, no alignment
+        candidates["vanilla, same objects"] = OursCandidate(vanilla, batches)
         warm["cached targets"] = warm["vanilla, same objects"] = args.warmup
     if args.uint8_variant:
-        candidates["uint8 images"] = OursCandidate(ts, itertools.cycle(host_batches(cfg, device, uint8=True)))
+        candidates["uint8 images"] = OursCandidate(run, itertools.cycle(host_batches(cfg, device, uint8=True)))
         warm["uint8 images"] = args.warmup
     for name, n in warm.items():
         for _ in range(n):

@@ -146,3 +146,43 @@ def test_conv_projector_keeps_pytorch_default_init_as_the_reference():
     assert 0.99 * bound < top <= bound
     assert var == pytest.approx(bound**2 / 3, rel=0.03)  # 55K draws
     assert conv.bias.abs().max() <= bound and torch.count_nonzero(conv.bias) == 96
+
+
+def test_one_token_cache_keyed_by_encoder_grid_items_fingerprint_and_seed(tmp_path):
+    """The trainer's and the small-scale experiments' cache: tokens stored once per key, read back, and
+    equal to running the encoder on the unflipped images."""
+    from irepa.align.target_cache import with_cached_targets
+    from irepa.codecs import unit_images
+    from irepa.config import load_config
+    from irepa.data import build_dataset
+    from irepa.encoders import load_encoder
+    from irepa.errors import ConfigError
+
+    def setup(**extra):
+        cfg = load_config(None, {"data.source": "synthetic", "data.resolution": 16, "data.synthetic_size": 6,
+                                 "data.num_classes": 2, "data.flip": False, "align.encoders": "hog", **extra})
+        return cfg, build_dataset(cfg.data)
+
+    encoder = load_encoder("hog", weights="random", grid=(2, 2))
+    built = []
+
+    def lazy():
+        built.append(1)
+        return encoder
+
+    cfg, data = setup()
+    first = with_cached_targets(data, cfg, (2, 2), {"hog": lazy}, tmp_path)
+    images = torch.stack([data[i]["image"] for i in range(len(data))])
+    expected = encoder.encode(unit_images(images))
+    assert torch.equal(torch.stack([first[i]["target.hog"] for i in range(len(data))]), expected)
+    again = with_cached_targets(data, cfg, (2, 2), {"hog": lazy}, tmp_path)
+    assert torch.equal(again.tokens["hog"], first.tokens["hog"]) and built == [1]  # read back, not encoded
+    assert len(list(tmp_path.glob("tokens-*.pt"))) == 1
+
+    other_cfg, other_data = setup(**{"data.seed": 1})  # other images: another key, encoded anew
+    other = with_cached_targets(other_data, other_cfg, (2, 2), {"hog": lazy}, tmp_path)
+    assert built == [1, 1] and len(list(tmp_path.glob("tokens-*.pt"))) == 2
+    assert not torch.equal(other.tokens["hog"], first.tokens["hog"])
+    with pytest.raises(ConfigError, match="data.flip"):
+        flip_cfg, flip_data = setup(**{"data.flip": True})
+        with_cached_targets(flip_data, flip_cfg, (2, 2), {"hog": lazy}, tmp_path)

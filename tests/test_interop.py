@@ -239,7 +239,7 @@ def test_init_from_loads_weights_ema_and_projectors_with_a_fresh_optimizer(tmp_p
 
 
 def test_init_from_trains_with_the_runs_own_config_from_any_of_its_paths(tmp_path):
-    from irepa.interop.init_from import run_config_of
+    from irepa.train.init_from import run_config_of
 
     path = import_checkpoint("jit", ASSETS / "jit.pt", tmp_path / "run", in_context_start=2)
     for given in (tmp_path / "run", path.parent, path):

@@ -88,3 +88,38 @@ def test_cache_home_and_offline_come_from_the_environment(monkeypatch, tmp_path)
     assert not io.is_offline()
     monkeypatch.setenv("IREPA_OFFLINE", "1")
     assert not io.hub_reachable()  # offline answers at once, without a probe
+
+
+def test_a_held_folder_refuses_a_second_holder_and_is_free_again_after(tmp_path):
+    """Two holders in two processes: the second is refused naming the first's pid; a forked child of the
+    holder (a data-loader worker) does not keep the folder once the holder lets go."""
+    import multiprocessing
+    import os
+
+    from irepa.errors import FolderInUseError
+    from irepa.utils.io import hold_folder
+
+    def try_to_hold(folder, result):
+        try:
+            with hold_folder(folder, "a test", "wait"):
+                result.put("held")
+        except FolderInUseError as err:
+            result.put(str(err))
+
+    ctx = multiprocessing.get_context("fork")
+    result = ctx.Queue()
+    with hold_folder(tmp_path, "a test", "wait"):
+        worker = ctx.Process(target=lambda: __import__("time").sleep(30), daemon=True)
+        worker.start()  # forked while the folder is held
+        other = ctx.Process(target=try_to_hold, args=(tmp_path, result))
+        other.start()
+        other.join()
+        message = result.get(timeout=10)
+        assert f"in use by a test (pid {os.getpid()}" in message and message.endswith("— wait")
+    try:
+        other = ctx.Process(target=try_to_hold, args=(tmp_path, result))
+        other.start()
+        other.join()
+        assert result.get(timeout=10) == "held"  # the still running child held nothing
+    finally:
+        worker.kill()

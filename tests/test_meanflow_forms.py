@@ -17,7 +17,7 @@ import torch
 from irepa.align.aligner import Aligner
 from irepa.models import create_model
 from irepa.objectives import Draw, MeanFlow, MeanFlowConfig, ObjectiveConfig
-from irepa.train.parts import AlignedModel
+from irepa.train.aligned_model import AlignedModel
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -14,7 +14,7 @@ from irepa.errors import ConfigError
 from irepa.models import UNet, UNetConfig, create_model, registry
 from irepa.train.checkpoint import load_checkpoint
 from irepa.train.cli import smoke_overrides
-from irepa.train.parts import build_aligner, build_backbone
+from irepa.train.aligned_model import build_aligner, build_backbone
 from irepa.train.trainer import train
 
 # Two levels (widths 16, 32; attention on the second) on a non-square 8 x 16 input: a transposed grid shows.

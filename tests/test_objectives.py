@@ -21,8 +21,8 @@ from irepa.models import create_model
 from irepa.objectives import Draw, FlowMatching, MeanFlow, MeanFlowConfig, ObjectiveConfig, build_objective
 from irepa.recipes import recipe_overrides, split_recipe_name
 from irepa.sample.pipeline import load_generator
+from irepa.train.aligned_model import AlignedModel
 from irepa.train.checkpoint import load_checkpoint
-from irepa.train.parts import AlignedModel
 from irepa.train.trainer import train
 
 T_EPS = 0.05

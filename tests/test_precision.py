@@ -246,3 +246,18 @@ def test_precision_recall_distances_run_without_tf32(tf32_on, monkeypatch):
     result = ev.evaluate(Activations(rng.normal(size=(20, 4)).astype(np.float32)), ref)
     assert result["metrics"]["precision"] == 0.5 and seen == [{"matmul": False, "conv": False}]
     assert tf32_enabled() == {"matmul": True, "conv": True}
+
+
+def test_one_set_of_precision_names_reads_the_old_training_spelling(tmp_path):
+    from irepa.config import load_config
+    from irepa.precision import accelerate_mixed_precision, precision_name
+
+    names = [precision_name(p) for p in ("fp32", "bf16", "fp16", "no", False)]
+    assert names == ["fp32", "bf16", "fp16", "fp32", "fp32"]
+    assert [accelerate_mixed_precision(p) for p in ("fp32", "no", "bf16", "fp16")] == ["no", "no", "bf16", "fp16"]
+    with pytest.raises(ConfigError, match="train.mixed_precision must be one of fp32, bf16, fp16, got 'fp8'"):
+        load_config(None, {"train.mixed_precision": "fp8"})
+    assert load_config(None, {"train.mixed_precision": "no"}).train.mixed_precision == "fp32"
+    (tmp_path / "old.yaml").write_text("train:\n  mixed_precision: no\n")  # YAML reads a bare no as false
+    assert load_config(tmp_path / "old.yaml").train.mixed_precision == "fp32"
+    assert load_config(None).train.mixed_precision == "fp32"

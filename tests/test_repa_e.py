@@ -71,26 +71,14 @@ def tiny_config(out: Path, **extra):
 
 
 def build_step(tmp_path):
-    """The pieces the trainer assembles, and one batch with its targets and draw."""
-    from accelerate import Accelerator
+    """The run the trainer builds, and one batch with its targets and draw."""
+    from irepa.codecs import unit_images
+    from irepa.train.run import Run
 
-    from irepa.codecs import codec_for_run, unit_images
-    from irepa.data import build_dataset
-    from irepa.objectives import build_objective
-    from irepa.train.end_to_end import EndToEndStep
-    from irepa.train.parts import AlignedModel, build_aligner, build_backbone, encoder_targets
-
-    cfg = tiny_config(tmp_path / "run")
-    dataset = build_dataset(cfg.data)
-    codec = codec_for_run(cfg, dataset)
-    torch.manual_seed(0)
-    backbone = build_backbone(cfg)
-    aligner, encoders = build_aligner(cfg, backbone, "cpu", torch.float32)
-    model = AlignedModel(backbone, aligner, cfg.align.depth)
-    objective = build_objective(cfg.objective, cfg.model.num_classes)
-    step = EndToEndStep(cfg, codec, model, objective, Accelerator(cpu=True), dataset)
-    batch = {k: torch.stack([dataset[i][k] for i in range(8)]) for k in ("image", "label")}
-    targets = encoder_targets(batch, aligner, encoders, "cpu", None)
+    run = Run.build(tiny_config(tmp_path / "run"))
+    step, codec, objective = run.end_to_end, run.codec, run.objective
+    batch = {k: torch.stack([run.dataset[i][k] for i in range(8)]) for k in ("image", "label")}
+    targets = run.encoder_targets(batch)
     gen = torch.Generator().manual_seed(1)
     images = unit_images(batch["image"]) * 2 - 1
     out = codec.autoencode(images, gen)
@@ -262,7 +250,7 @@ def test_ema_averages_float_buffers_copies_counters_and_keeps_constants():
 def test_sit_hidden_at_is_the_hidden_state_of_the_full_forward():
     from irepa.align import Aligner
     from irepa.models import create_model
-    from irepa.train.parts import AlignedModel
+    from irepa.train.aligned_model import AlignedModel
 
     torch.manual_seed(0)
     sit = create_model("SiT-S/2", depth=3, hidden_size=32, num_heads=2, input_size=8, in_channels=4, num_classes=4)

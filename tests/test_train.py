@@ -78,7 +78,7 @@ def test_resume_accepts_a_checkpoint_written_before_a_config_field_existed(tmp_p
 
 
 def test_encoder_resolution_feeds_the_encoder_and_resamples_to_the_model_grid(tmp_path, caplog):
-    from irepa.train.trainer import build_aligner, build_backbone
+    from irepa.train.aligned_model import build_aligner, build_backbone
 
     cfg = tiny_config(tmp_path / "run", **{"align.encoder_resolution": 112})
     backbone = build_backbone(cfg)

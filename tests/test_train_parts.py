@@ -11,14 +11,10 @@ from tiny import tiny_overrides, with_random_encoders
 
 from irepa.config import load_config
 from irepa.errors import TrainingDiverged
-from irepa.train.parts import (
-    OverflowGuard,
-    StepLog,
-    build_optimizer,
-    check_finite,
-    learning_rate,
-    step_generator,
-)
+from irepa.train.divergence import OverflowGuard, check_finite
+from irepa.train.logger import StepLog
+from irepa.train.optim import build_optimizer, learning_rate
+from irepa.train.run import step_generator
 
 
 def test_fp16_overflows_are_skipped_until_too_many_in_a_row(tmp_path):

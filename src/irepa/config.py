@@ -20,6 +20,7 @@ from irepa.data.config import DataConfig
 from irepa.diffusion.samplers import SamplerConfig
 from irepa.errors import ConfigError
 from irepa.objectives.base import ObjectiveConfig
+from irepa.precision import precision_name
 from irepa.train.end_to_end import EndToEndConfig
 from irepa.utils.io import atomic_write_text
 
@@ -106,7 +107,7 @@ class TrainSection:
     extra_ema_decays: list[float] = field(default_factory=list)  # further EMAs kept in checkpoints (JiT: 0.9996)
     ema_warmup: bool = False  # ramp the decay as (1 + step) / (10 + step) for short runs
     max_skipped_steps: int = 100  # fp16: stop after this many consecutive loss-scaler overflows
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    mixed_precision: str = "fp32"  # fp32 | bf16 | fp16 (irepa.precision; "no" is read as fp32)
     compile: bool = False
     seed: int = 0
     log_every: int = 100
@@ -245,6 +246,9 @@ def upgrade_config_dict(data: dict, stored: bool = False) -> dict:
     align = data.get("align")
     if stored and isinstance(align, dict) and "encoder_resize" not in align:  # encoders then resized with antialias
         data["align"] = {**align, "encoder_resize": "antialias", "encoder_pos_embed": "upstream"}
+    train = data.get("train")
+    if isinstance(train, dict) and train.get("mixed_precision") in ("no", False):  # fp32 was once called no
+        data["train"] = {**train, "mixed_precision": "fp32"}
     if isinstance(data.get("sample"), dict) and "path" in data["sample"]:  # samplers take the objective's path
         data["sample"] = {k: v for k, v in data["sample"].items() if k != "path"}
     return data
@@ -318,8 +322,7 @@ def validate_config(cfg: RunConfig) -> None:
     for name, decay in [("train.ema_decay", t.ema_decay)] + [("train.extra_ema_decays", d) for d in t.extra_ema_decays]:
         if not 0 <= decay <= 1:
             raise ConfigError(f"{name} must be in [0, 1], got {decay}", fix="e.g. --train.ema_decay 0.9999")
-    if t.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {t.mixed_precision!r}")
+    t.mixed_precision = precision_name(t.mixed_precision, "train.mixed_precision")  # old spellings: today's name
     if t.lr_schedule not in ("constant", "cosine"):
         raise ConfigError(f"train.lr_schedule must be constant or cosine, got {t.lr_schedule!r}")
     if a.norm not in NORMS:

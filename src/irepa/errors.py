@@ -16,7 +16,8 @@ Exit codes of the ``irepa`` command (documented in ``docs/cli.md``):
 2     configuration or command-line argument (:class:`ConfigError`, usage errors)
 3     input data (:class:`DataError`)
 4     missing weights / offline (:class:`WeightsError`)
-5     checkpoint missing, damaged or of another run (:class:`CheckpointError`)
+5     checkpoint missing, damaged or of another run; an output folder another process
+      is writing (:class:`CheckpointError`, :class:`FolderInUseError`)
 6     training diverged (:class:`TrainingDiverged`)
 7     file system: no such file, permission denied, disk full (``OSError``)
 130   interrupted (Ctrl-C); everything written so far is complete
@@ -105,6 +106,10 @@ class RunExistsError(CheckpointError, FileExistsError):
     """The output folder already holds a run that this command would overwrite."""
 
 
+class FolderInUseError(RunExistsError):
+    """Another live process holds the output folder (a run or a sampling job writing into it)."""
+
+
 class DamagedFileError(CheckpointError):
     """A written file (checkpoint, cache, shard) is truncated or fails its checksum; ``path`` names it."""
 
@@ -133,6 +138,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ForeignCheckpointError",
     "RunExistsError",
+    "FolderInUseError",
     "DamagedFileError",
     "TrainingDiverged",
 ]

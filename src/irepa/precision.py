@@ -1,4 +1,8 @@
-"""Numeric precision in one place: mixed precision for a model call, and exact float32 where it matters.
+"""Numeric precision in one place: its names, mixed precision for a model call, exact float32 where it matters.
+
+* One set of names everywhere (training's ``train.mixed_precision``, sampling's ``--precision``):
+  ``fp32``, ``bf16``, ``fp16`` (:data:`PRECISIONS`), plus ``auto`` where a command picks for the
+  device. ``no``, the name training used for fp32 before, is still read (:func:`precision_name`).
 
 * :func:`autocast_model` runs a model ``(x, t, y, ...) -> prediction`` under autocast (bf16 / fp16)
   while its inputs and its output stay float32, so an integrator's state and times never lose
@@ -21,6 +25,24 @@ from irepa.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16")
 AUTO = "auto"
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+OLD_NAMES = {"no": "fp32", False: "fp32"}  # train.mixed_precision's fp32 once (YAML reads a bare no as false)
+
+
+def precision_name(value: Any, where: str = "precision") -> str:
+    """``value`` as one of :data:`PRECISIONS` (old spellings accepted); a one-line ``ConfigError`` otherwise."""
+    if isinstance(value, (str, bool)) and value in OLD_NAMES:
+        return OLD_NAMES[value]
+    if value not in PRECISIONS:
+        raise ConfigError(f"{where} must be one of {', '.join(PRECISIONS)}, got {value!r}",
+                          fix=f"e.g. --{where} bf16" if "." in where else None)
+    return value
+
+
+def accelerate_mixed_precision(value: Any) -> str:
+    """accelerate's name (``no``, ``bf16``, ``fp16``) for a precision."""
+    name = precision_name(value)
+    return "no" if name == "fp32" else name
+
 
 def default_precision(device: str | torch.device) -> str:
     """bf16 on CUDA (tensor cores, no loss scaling needed), fp32 elsewhere (CPU autocast rarely pays off)."""

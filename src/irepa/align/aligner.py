@@ -76,12 +76,31 @@ class Aligner(nn.Module):
         return normalize_target(tokens, self.norm, self.alpha, self.eps)
 
     @torch.no_grad()
-    def encode_targets(self, images: torch.Tensor, encoders: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-        """Run each frozen encoder on ``[0, 1]`` images and prepare its target."""
+    def encode_targets(
+        self,
+        images: torch.Tensor | None,
+        encoders: dict[str, nn.Module],
+        cached: dict[str, torch.Tensor] | None = None,
+        batch_size: int | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Each encoder's prepared target for ``[0, 1]`` images.
+
+        ``cached``: tokens already on the model grid (name -> ``(B, T, D)``, e.g. from a token cache)
+        that replace running that encoder; ``images`` may then be None. ``batch_size`` runs the
+        encoders in chunks to bound their memory.
+        """
+        cached = cached or {}
         out = {}
         for name in self.names:
+            if name in cached:
+                out[name] = self.prepare_target(cached[name].float(), name)
+                continue
+            if images is None:
+                raise ValueError(f"no images to encode and no cached tokens for {name}")
             enc = encoders[name]
-            out[name] = self.prepare_target(enc.encode(images), name, tuple(enc.grid))
+            chunks = images.split(batch_size) if batch_size else [images]
+            tokens = torch.cat([enc.encode(c) for c in chunks])
+            out[name] = self.prepare_target(tokens, name, tuple(enc.grid))
         return out
 
     def forward(self, hidden: torch.Tensor, targets: dict[str, torch.Tensor]) -> AlignOutput:

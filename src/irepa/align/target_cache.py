@@ -2,23 +2,30 @@
 
 The targets of an un-augmented dataset never change, so computing them once is exact, not an
 approximation; it removes the encoder's forward (often costlier than the denoiser's step on small
-models) from every training step. Used by the trainer (``align.cache_targets``) and the small-scale
-experiments.
+models) from every training step. One cache, used by the trainer (``align.cache_targets``) and the
+small-scale experiments (the quickstart, ``irepa compare``): :func:`with_cached_targets`.
+
+A stored token set is found again by its key: the encoder (name, weights, input resolution, resize
+and position-embedding rules), the model grid, the number of items, the dataset's fingerprint and
+its seed (plus the data section's source, path, resolution, limit and split).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from irepa.codecs.base import unit_images
-from irepa.errors import DataError
+from irepa.errors import ConfigError, DataError
 from irepa.utils.io import atomic_torch_save, atomic_write_json, usable_file
 
 log = logging.getLogger(__name__)
@@ -97,3 +104,49 @@ class TokenCachedDataset(Dataset):
         for name, t in self.tokens.items():
             item[f"target.{name}"] = t[index]
         return item
+
+
+def target_cache_key(entry, grid: tuple[int, int], cfg, dataset: Dataset) -> dict[str, Any]:
+    """What determines an encoder's tokens for every item of ``dataset`` (``entry``: an ``align.encoders`` item)."""
+    a, data = cfg.align, cfg.data
+    fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else None
+    return {
+        "encoder": entry.name,
+        "weights": str(entry.weights),
+        "resolution": a.encoder_resolution,
+        "resize": a.encoder_resize,
+        "pos_embed": a.encoder_pos_embed,
+        "grid": list(grid),
+        "items": len(dataset),
+        "fingerprint": fingerprint,
+        "seed": data.seed,
+        "data": {k: getattr(data, k) for k in ("source", "path", "resolution", "limit", "split")},
+    }
+
+
+def with_cached_targets(
+    dataset: Dataset,
+    cfg,
+    grid: tuple[int, int],
+    encoders: Mapping[str, Any],
+    cache_dir: str | Path,
+    batch_size: int = 64,
+    dtype: torch.dtype = torch.float32,
+    once: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> TokenCachedDataset:
+    """``dataset`` whose items carry every ``cfg.align.encoders`` encoder's tokens (``target.<name>``).
+
+    ``encoders`` maps names to encoders or to functions returning one (called only when the tokens
+    are not stored yet); ``grid`` is the model's token grid. ``once`` guards each encoding (several
+    processes: the main one encodes and stores while the others wait, then all read the same file).
+    Refused for flipped data: the stored tokens are those of the unflipped images.
+    """
+    if cfg.data.flip:
+        raise ConfigError("cached encoder targets are the tokens of unflipped images",
+                          fix="set data.flip false, or align.cache_targets false to encode every step")
+    tokens = {}
+    for entry in cfg.align.encoders:
+        key = target_cache_key(entry, grid, cfg, dataset)
+        with once():
+            tokens[entry.name] = cached_tokens(dataset, encoders[entry.name], cache_dir, key, batch_size, dtype=dtype)
+    return TokenCachedDataset(dataset, tokens)

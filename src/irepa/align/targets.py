@@ -1,26 +1,16 @@
-"""Alignment targets: encoder tokens brought onto the diffusion model's token grid."""
+"""Alignment targets: encoder tokens brought onto the diffusion model's token grid (resampled with the
+encoders' own :func:`irepa.encoders.base.resample_tokens`)."""
 
 from __future__ import annotations
 
 import logging
 
 import torch
-import torch.nn.functional as F
+
+from irepa.encoders.base import resample_tokens
 
 log = logging.getLogger(__name__)
 _warned: set[tuple] = set()
-
-
-def resample_tokens(tokens: torch.Tensor, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> torch.Tensor:
-    """Bilinearly resample ``(B, H_s*W_s, D)`` tokens to the grid ``dst_hw`` (align_corners=False)."""
-    b, t, d = tokens.shape
-    if src_hw[0] * src_hw[1] != t:
-        raise ValueError(f"{t} tokens do not form the grid {src_hw}")
-    if tuple(src_hw) == tuple(dst_hw):
-        return tokens
-    x = tokens.transpose(1, 2).reshape(b, d, *src_hw).float()
-    x = F.interpolate(x, size=dst_hw, mode="bilinear", align_corners=False)
-    return x.flatten(2).transpose(1, 2)
 
 
 def match_grid(
@@ -39,4 +29,5 @@ def match_grid(
                 dst_hw[0],
                 dst_hw[1],
             )
+        tokens = tokens.float()  # targets are float32: resample at full precision
     return resample_tokens(tokens, src_hw, dst_hw)

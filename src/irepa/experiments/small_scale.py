@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from irepa.config import RunConfig, load_config
+from irepa.models.presets import small_model
 from irepa.utils.io import atomic_write_json
 
 BASE_OVERRIDES = {
@@ -45,27 +46,17 @@ BASE_OVERRIDES = {
     "train.keep_checkpoints": 1,
     "train.sample_every": 0,
     "train.report_to": ["none"],
-    "train.mixed_precision": "no",
+    "train.mixed_precision": "fp32",
     "sample.kind": "ode-heun",
     "sample.steps": 16,
     "sample.cfg_scale": 1.0,
 }
 
-# Each family at the same small size: depth 6, width 256, 4 px patches (an 8x8 token grid).
-_SMALL_SIT = {"model.name": "SiT-S/4", "model.depth": 6, "model.hidden_size": 256, "model.num_heads": 4}
+# Each family at the same small size (irepa.models.presets): depth 6, width 256, 4 px patches (an 8x8 token grid).
 FAMILY_OVERRIDES = {
-    "sit": _SMALL_SIT,
-    "jit": {
-        "model.name": "JiT-B/16",
-        "model.patch_size": 4,
-        "model.depth": 6,
-        "model.hidden_size": 256,
-        "model.num_heads": 4,
-        "model.bottleneck_dim": 16,
-        "model.in_context_start": 2,
-        "model.in_context_len": 16,
-    },
-    "meanflow": {**_SMALL_SIT, "sample.kind": "meanflow", "sample.steps": 1},
+    "sit": small_model("sit"),
+    "jit": small_model("jit"),
+    "meanflow": {**small_model("meanflow"), "sample.kind": "meanflow", "sample.steps": 1},
 }
 
 
@@ -77,12 +68,13 @@ def small_scale_config(out: str | Path, recipe: dict, extra: dict | None = None)
 
 
 def token_dataset(cfg: RunConfig, cache_dir: Path, encoder_batch: int = 64, timer: Timer | None = None):
-    """The configured dataset, with the alignment encoders' tokens computed once and cached.
+    """The configured dataset, with the alignment encoders' tokens computed once and cached
+    (:func:`irepa.align.target_cache.with_cached_targets`, stored in float16).
 
     ``timer`` (optional) records the phases "data", "encoder weights" and "encode"; an encoder is only
     loaded when its tokens are not cached yet.
     """
-    from irepa.align.target_cache import TokenCachedDataset, cached_tokens
+    from irepa.align.target_cache import with_cached_targets
     from irepa.data import build_dataset
     from irepa.encoders import load_encoder
 
@@ -91,27 +83,17 @@ def token_dataset(cfg: RunConfig, cache_dir: Path, encoder_batch: int = 64, time
     if not cfg.align.enabled:
         return dataset
     grid = (cfg.model.input_size // _patch(cfg), cfg.model.input_size // _patch(cfg))
-    tokens = {}
-    for entry in cfg.align.encoders:
-        resolution = cfg.align.encoder_resolution
+    a = cfg.align
 
-        def encoder(entry=entry, resolution=resolution):
-            return timer.run(
-                "encoder weights", load_encoder, entry.name, weights=entry.weights, resolution=resolution, grid=grid,
-                resize=cfg.align.encoder_resize, pos_embed=cfg.align.encoder_pos_embed,
-            ).freeze()
+    def loader(entry):
+        return lambda: timer.run(
+            "encoder weights", load_encoder, entry.name, weights=entry.weights, resolution=a.encoder_resolution,
+            grid=grid, resize=a.encoder_resize, pos_embed=a.encoder_pos_embed,
+        ).freeze()
 
-        key = {
-            "encoder": entry.name,
-            "weights": str(entry.weights),
-            "grid": list(grid),
-            "resize": cfg.align.encoder_resize,
-            "pos_embed": cfg.align.encoder_pos_embed,
-            **({"resolution": resolution} if resolution else {}),  # absent for the default: old caches stay valid
-            "data": {k: getattr(cfg.data, k) for k in ("source", "path", "resolution", "limit", "split")},
-        }
-        tokens[entry.name] = timer.run("encode", cached_tokens, dataset, encoder, cache_dir, key, encoder_batch)
-    return TokenCachedDataset(dataset, tokens)
+    encoders = {entry.name: loader(entry) for entry in a.encoders}
+    return timer.run("encode", with_cached_targets, dataset, cfg, grid, encoders, cache_dir, encoder_batch,
+                     dtype=torch.float16)
 
 
 def _patch(cfg: RunConfig) -> int:

@@ -216,7 +216,7 @@ def build_config(imported: ImportedRun, out: str | Path):
 def check_loadable(imported: ImportedRun, cfg) -> None:
     """Build the backbone (and alignment head) the config describes and load every state dict strictly."""
     from irepa.align import Aligner
-    from irepa.train.parts import build_backbone
+    from irepa.train.aligned_model import build_backbone
 
     backbone = build_backbone(cfg)
     for name, state in [("model", imported.model), ("ema", imported.ema)] + [

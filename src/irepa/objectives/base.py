@@ -132,13 +132,16 @@ class Objective:
         c = self.cfg
         return sample_time(batch, c.time_sampling, c.p_mean, c.p_std, generator=generator, device=device, path=c.path)
 
+    def prior_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """Standard normal noise as the objective's noise prior, ``N(0, noise_scale^2)``: the training
+        draws and the sampler's starting point both come through here."""
+        return noise * self.cfg.noise_scale if self.cfg.noise_scale != 1.0 else noise
+
     def draw(self, x0: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None) -> Draw:
         """t, then the noise, then the label-dropout coin, all from ``generator`` (on its device)."""
         t = self.sample_t(x0.shape[0], generator).to(x0.device)
         device = generator.device if generator is not None else x0.device
-        noise = torch.randn(x0.shape, generator=generator, dtype=torch.float32, device=device)
-        if self.cfg.noise_scale != 1.0:
-            noise = noise * self.cfg.noise_scale
+        noise = self.prior_noise(torch.randn(x0.shape, generator=generator, dtype=torch.float32, device=device))
         return Draw(t=t, noise=noise.to(x0.device, x0.dtype), labels=drop_labels(labels, self.num_classes,
                                                                                self.cfg.label_dropout, generator))
 

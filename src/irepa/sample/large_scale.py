@@ -17,6 +17,9 @@
   waits for the files themselves (polling, with a timeout that restarts whenever images arrive),
   then merges. Nobody sits in a collective while others still sample, so a slower GPU cannot trip
   NCCL's watchdog.
+* **One job per folder.** The main process holds an OS lock on the folder (``.irepa.lock``) from
+  the settings check to the merged file; a second ``irepa sample`` into it is refused at once,
+  naming the holder (processes of the same job do not lock).
 * ``run.json`` pins the settings that determine the images (sampler, precision, seed, labels,
   checkpoint, EMA, VAE, shard size); resuming with different ones is refused rather than mixing runs.
 * The main process streams the files into ``samples_<N>.npz`` (``arr_0`` uint8 NHWC, ``labels``) and
@@ -25,6 +28,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -42,7 +46,7 @@ from tqdm.auto import tqdm
 from irepa.errors import CheckpointError, ConfigError, DamagedFileError
 from irepa.evaluate.npz import NpzWriter, check_images, open_npz_array, save_npz
 from irepa.sample.labels import LABEL_MODES, LABEL_SCHEMES, sample_labels
-from irepa.utils.io import atomic_write_json, read_json, remove_stale_temps, usable_file
+from irepa.utils.io import atomic_write_json, hold_folder, read_json, remove_stale_temps, usable_file
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +403,8 @@ def merge_shards(plan: SamplingPlan, out_dir: str | Path, progress: bool = True)
     return out
 
 
+SAMPLE_FOLDER_FIX = "wait for it to finish (or stop it), then rerun to complete the folder; or use another --out"
+
 # Settings that do not change which image an index gets: they may differ when a run is resumed.
 RESUMABLE_KEYS = ("num_samples", "batch_size", "num_processes", "samples_file", "torch_version", "irepa_version")
 
@@ -477,34 +483,37 @@ def run_sampling(
     settings = {**settings, **asdict(plan), "classes": describe_classes(plan.classes),
                 "label_scheme": LABEL_SCHEMES[plan.label_mode]}
     is_main = rank == 0
-    if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        # temp files left by a killed run (a merged file can be tens of GB); nobody else writes them yet
-        if (out_dir / SHARD_DIR).is_dir():
-            remove_stale_temps(out_dir / SHARD_DIR)
-        merged = samples_path(out_dir, plan.num_samples)
-        ours = [merged.name, merged.with_suffix(".json").name, f"{merged.stem}_grid.png", RUN_FILE]
-        for stale in remove_stale_temps(out_dir, of=ours):
-            log.info("removed %s, left by an earlier run that was stopped while writing", stale)
-        clear_markers(out_dir)
-    check_or_write_run(out_dir, settings, write=is_main)
-    assignment = assign_work(missing_ranges(plan, out_dir), world_size, plan.shard_size)
-    barrier()  # no process writes before every process has listed the files
-    tic = time.monotonic()
-    desc = f"sampling (process {rank})" if world_size > 1 else "sampling"
-    made = generate_ranges(generate_fn, plan, out_dir, assignment[rank], batch_size, progress, desc, rank)
-    if not is_main:
-        write_marker(out_dir, rank, world_size, made)
-        return RunResult(None, made)
-    if wait_timeout is None:
-        own = sum(e - s for s, e in made)
-        per_image = (time.monotonic() - tic) / own if own else 0.0
-        wait_timeout = max(MIN_WAIT_S, WAIT_SHARDS * plan.shard_size * per_image)
-    wait_for_samples(plan, out_dir, assignment, wait_timeout, poll_s)
-    merged = merge_shards(plan, out_dir, progress)
-    atomic_write_json(merged.with_suffix(".json"), {**settings, "num_processes": world_size,
-                                                    "samples_file": merged.name})
-    return RunResult(merged, made)
+    # one sampling job per folder: the main process holds it until the merged file is written
+    owner = hold_folder(out_dir, "a running irepa sample", SAMPLE_FOLDER_FIX) if is_main else contextlib.nullcontext()
+    with owner:
+        if is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            # temp files left by a killed run (a merged file can be tens of GB); nobody else writes them yet
+            if (out_dir / SHARD_DIR).is_dir():
+                remove_stale_temps(out_dir / SHARD_DIR)
+            merged = samples_path(out_dir, plan.num_samples)
+            ours = [merged.name, merged.with_suffix(".json").name, f"{merged.stem}_grid.png", RUN_FILE]
+            for stale in remove_stale_temps(out_dir, of=ours):
+                log.info("removed %s, left by an earlier run that was stopped while writing", stale)
+            clear_markers(out_dir)
+        check_or_write_run(out_dir, settings, write=is_main)
+        assignment = assign_work(missing_ranges(plan, out_dir), world_size, plan.shard_size)
+        barrier()  # no process writes before every process has listed the files
+        tic = time.monotonic()
+        desc = f"sampling (process {rank})" if world_size > 1 else "sampling"
+        made = generate_ranges(generate_fn, plan, out_dir, assignment[rank], batch_size, progress, desc, rank)
+        if not is_main:
+            write_marker(out_dir, rank, world_size, made)
+            return RunResult(None, made)
+        if wait_timeout is None:
+            own = sum(e - s for s, e in made)
+            per_image = (time.monotonic() - tic) / own if own else 0.0
+            wait_timeout = max(MIN_WAIT_S, WAIT_SHARDS * plan.shard_size * per_image)
+        wait_for_samples(plan, out_dir, assignment, wait_timeout, poll_s)
+        merged = merge_shards(plan, out_dir, progress)
+        atomic_write_json(merged.with_suffix(".json"), {**settings, "num_processes": world_size,
+                                                        "samples_file": merged.name})
+        return RunResult(merged, made)
 
 
 def class_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 16, max_rows: int = 32,

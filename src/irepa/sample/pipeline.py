@@ -71,9 +71,8 @@ class Generator:
         self.objective.check_sampler(sampler.kind)
         state_dtype = torch.promote_types(next(self.model.parameters()).dtype, torch.float32)
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        noise = per_sample_noise((len(seeds), *self.latent_shape), generators, self.device, state_dtype)
-        if self.objective.cfg.noise_scale != 1.0:
-            noise = noise * self.objective.cfg.noise_scale
+        noise = self.objective.prior_noise(per_sample_noise((len(seeds), *self.latent_shape), generators,
+                                                            self.device, state_dtype))
         field = self.objective.field(autocast_model(self.model, self.precision))
         return sample(field, noise, labels.to(self.device), sampler, self.num_classes, generators, progress)
 
@@ -92,7 +91,7 @@ class Generator:
 def build_model_from_config(cfg: dict[str, Any]) -> nn.Module:
     """The backbone described by a checkpoint's config dict."""
     from irepa.config import from_dict
-    from irepa.train.parts import build_backbone
+    from irepa.train.aligned_model import build_backbone
 
     return build_backbone(from_dict(RunConfig, with_defaults(cfg), "checkpoint config"))
 

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from irepa.config import add_config_arguments, load_config, overrides_from_args
+from irepa.models.presets import small_model
 
 # A few steps of a tiny pixel-space model on synthetic data: checks the whole pipeline on a CPU.
 SMOKE_PRESET = {
@@ -27,7 +28,7 @@ SMOKE_PRESET = {
     "train.report_to": ["none"],
     "train.ema_decay": 0.9,
     "train.compile": False,
-    "train.mixed_precision": "no",
+    "train.mixed_precision": "fp32",
     "align.depth": 4,
     "sample.kind": "ode-euler",
     "sample.steps": 8,
@@ -47,14 +48,7 @@ SMOKE_END_TO_END = {
 SMOKE_FAMILY = {
     "sit": {"model.name": "SiT-S/2"},
     "jit": {
-        "model.name": "JiT-B/16",
-        "model.patch_size": 4,
-        "model.depth": 6,
-        "model.hidden_size": 96,
-        "model.num_heads": 2,
-        "model.bottleneck_dim": 16,
-        "model.in_context_start": 2,
-        "model.in_context_len": 4,
+        **small_model("jit", hidden_size=96, num_heads=2, in_context_len=4),
         "train.extra_ema_decays": [0.8],
         "sample.kind": "ode-heun",
     },
@@ -165,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})
     overrides.update(overrides_from_args(args))
     if args.config is None and args.init_from:  # fine-tuning a run: its own config unless one is given
-        from irepa.interop.init_from import run_config_of
+        from irepa.train.init_from import run_config_of
 
         args.config = run_config_of(args.init_from)
     cfg = load_config(args.config, overrides)

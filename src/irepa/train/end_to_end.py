@@ -156,13 +156,14 @@ class _Discriminate(nn.Module):
 class EndToEndStep:
     """The VAE and discriminator updates of a REPA-E step, and the SiT's input; see the module docstring.
 
-    ``model`` is the unwrapped :class:`irepa.train.parts.AlignedModel` (the alignment pass needs no
-    gradient synchronisation: the SiT is frozen in it). ``ckpt``: a checkpoint to resume from; without
-    it the latent statistics come from the VAE's folder or are estimated on ``dataset``.
+    ``model`` is the unwrapped :class:`irepa.train.aligned_model.AlignedModel` (the alignment pass needs no
+    gradient synchronisation: the SiT is frozen in it). The latent statistics come from the VAE's
+    folder or are estimated on ``dataset``, unless ``estimate_statistics`` is false (a run about to
+    be restored from a checkpoint, which carries them).
     """
 
     def __init__(self, cfg, codec: TrainableVAECodec, model: nn.Module, objective, accelerator,
-                 dataset=None, ckpt: dict[str, Any] | None = None):
+                 dataset=None, estimate_statistics: bool = True):
         e: EndToEndConfig = cfg.end_to_end
         e.validate()
         check_run(cfg, codec)
@@ -182,9 +183,7 @@ class EndToEndStep:
         self.vae_optimizer = torch.optim.AdamW(codec.vae.parameters(), lr=e.lr, **adam)
         self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=e.disc_lr, **adam)
 
-        if ckpt is not None:
-            self.restore(ckpt)
-        elif not codec.statistics_set:
+        if estimate_statistics and not codec.statistics_set:
             if dataset is None:
                 raise ConfigError("the VAE carries no latent statistics and no dataset was given to estimate them")
             from irepa.codecs.trainable import estimate_latent_statistics
@@ -287,8 +286,8 @@ class EndToEndStep:
             "disc_optimizer": self.disc_optimizer.state_dict(),
         }
 
-    def restore(self, ckpt: dict[str, Any]) -> None:
-        """Resume from a checkpoint: the codec's VAE and statistics, then :meth:`state_dict`'s entries."""
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Resume from a whole checkpoint: the codec's VAE and statistics, then :meth:`state_dict`'s entries."""
         state = ckpt.get("end_to_end")
         codec_state = ckpt.get("codec") or {}
         if state is None or codec_state.get("kind") != TrainableVAECodec.kind:

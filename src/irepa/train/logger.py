@@ -1,10 +1,15 @@
-"""Scalar logging: a CSV file always, TensorBoard and wandb when asked for."""
+"""Scalar logging: per-step scalars kept on the device (:class:`StepLog`), then a CSV file always,
+TensorBoard and wandb when asked for (:class:`ScalarLogger`)."""
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from irepa.utils.io import atomic_open
 
@@ -16,6 +21,36 @@ UNDECODABLE = "\ufffd"  # what bytes that are not UTF-8 decode to
 
 def _is_header(row: list[str] | None) -> bool:
     return bool(row) and row[0] == "step" and not any(UNDECODABLE in cell for cell in row)
+
+
+@dataclass
+class StepLog:
+    """Per-step scalars kept on the device and read back only at log and checkpoint time.
+
+    The hot loop never waits on the host: loss parts and the gradient norm stay tensors until
+    :meth:`flush`, which makes one transfer for the whole window.
+    """
+
+    rows: list[dict[str, torch.Tensor]] = field(default_factory=list)
+    steps: list[int] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+
+    def add(self, step: int, lr: float, scalars: dict[str, torch.Tensor]) -> None:
+        self.rows.append(scalars)
+        self.steps.append(step)
+        self.lrs.append(lr)
+
+    def flush(self) -> tuple[list[int], list[dict[str, float]]]:
+        """All rows as floats (one host transfer), and clear the window."""
+        if not self.rows:
+            return [], []
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        nan = self.rows[0]["loss"].new_tensor(math.nan)
+        table = torch.stack([torch.stack([r[k].reshape(()) if k in r else nan for k in keys]) for r in self.rows])
+        rows = [{**dict(zip(keys, values)), "lr": lr} for values, lr in zip(table.cpu().tolist(), self.lrs)]
+        steps = self.steps
+        self.rows, self.steps, self.lrs = [], [], []
+        return steps, rows
 
 
 class ScalarLogger:

@@ -9,6 +9,10 @@
   zip member instead.
 * **The cache home** ``$IREPA_HOME`` (default ``~/.cache/irepa``): weights, reference statistics,
   feature caches and downloads live below it.
+* **Owned folders.** :func:`hold_folder` takes an OS lock (``flock``) on ``.irepa.lock`` in a run
+  or output folder for as long as one process writes there; a second writer is refused at once,
+  naming the holder. The kernel drops the lock when the holder exits, however it dies, so a killed
+  run never leaves a stale lock behind.
 * **Offline mode**: ``HF_HUB_OFFLINE``, ``TRANSFORMERS_OFFLINE`` or ``IREPA_OFFLINE`` set to a true
   value, and a quick reachability probe for the hub.
 """
@@ -492,3 +496,64 @@ __all__ = [
     "temp_path",
     "underlying_error",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# one writer per folder
+
+LOCK_FILE = ".irepa.lock"
+_held_locks: set[int] = set()  # descriptors of the folders this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a data-loader worker): close the inherited lock descriptors, so the lock ends
+    with the process that took it, not with the last of its children."""
+    for fd in _held_locks:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_locks.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
+@contextmanager
+def hold_folder(folder: str | os.PathLike, what: str, fix: str) -> Iterator[Path]:
+    """Hold ``folder`` (created if missing) for the block: an exclusive ``flock`` on its lock file.
+
+    ``what`` names the holder's job in the refusal another process gets (``irepa train``), ``fix``
+    what that process should do instead. The lock file records the holder's pid and host for that
+    message; it stays in place when released (removing it would let two processes lock two files).
+    Forked children (data-loader workers) close their inherited copy, so the lock ends with its holder.
+    Where ``fcntl`` does not exist (Windows) the folder is not locked.
+    """
+    from irepa.errors import FolderInUseError
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield folder
+        return
+    path = folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").split()
+            who = "another process"
+            if holder:
+                who = f"pid {holder[0]}" + (f" on {holder[1]}" if len(holder) > 1 else "")
+            raise FolderInUseError(f"{folder} is in use by {what} ({who}); nothing was written", fix=fix) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        _held_locks.add(fd)
+        yield folder
+    finally:
+        _held_locks.discard(fd)
+        os.close(fd)  # releases the lock

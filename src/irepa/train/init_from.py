@@ -9,6 +9,8 @@ from torch import nn
 
 from irepa.errors import ConfigError
 
+from .checkpoint import load_checkpoint
+
 log = logging.getLogger(__name__)
 
 
@@ -38,8 +40,6 @@ def init_from_run(run: str | Path, backbone: nn.Module, aligner: nn.Module | Non
     The EMA shadows take the run's EMA weights (further EMAs the run lacks start from its first EMA);
     projectors load when both sides have them (a run without them leaves the new projectors as built).
     """
-    from irepa.train.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(run)
     _load(backbone, ckpt["model"], "weights", str(run))
     ema_states = [ckpt.get("ema") or ckpt["model"], *(ckpt.get("extra_ema") or [])]
