@@ -44,25 +44,22 @@ class DataConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the bad field and the accepted values."""
+        """Raise ``ConfigError`` naming the bad ``data.`` field and the accepted values."""
         if self.source not in SOURCES:
-            raise ConfigError(f"unknown data source {self.source!r}; valid sources: {', '.join(SOURCES)}")
+            raise ConfigError(f"unknown data source {self.source!r}; valid data.source values: {', '.join(SOURCES)}")
         if self.on_corrupt not in CORRUPT_POLICIES:
             raise ConfigError(
-                f"unknown on_corrupt policy {self.on_corrupt!r}; valid: {', '.join(CORRUPT_POLICIES)}"
+                f"unknown data.on_corrupt policy {self.on_corrupt!r}; valid: {', '.join(CORRUPT_POLICIES)}"
             )
         if self.source in ("folder", "hf", "latents") and not self.path:
-            raise ConfigError(f"data source {self.source!r} needs `path` (see docs/data.md)")
-        if int(self.resolution) < 8:
-            raise ConfigError(f"resolution must be >= 8 pixels, got {self.resolution}")
-        if self.limit is not None and int(self.limit) < 1:
-            raise ConfigError(f"limit must be a positive number of items or null, got {self.limit}")
-        if self.num_classes is not None and int(self.num_classes) < 1:
-            raise ConfigError(f"num_classes must be positive or null, got {self.num_classes}")
-        if self.num_workers < 0:
-            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.synthetic_size < 1:
-            raise ConfigError(f"synthetic_size must be >= 1, got {self.synthetic_size}")
+            raise ConfigError(f"data source {self.source!r} needs data.path", fix="see docs/data.md")
+        at_least = {"resolution": 8, "limit": 1, "num_classes": 1, "num_workers": 0, "synthetic_size": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and int(value) < low:
+                raise ConfigError(f"data.{name} must be >= {low}, got {value}",
+                                  fix=f"set --data.{name} {low} or more" + (" (or null)" if name in (
+                                      "limit", "num_classes") else ""))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataConfig:

@@ -69,7 +69,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a SiT with REPA / iREPA alignment",
         description="Train from --config YAML; any field can be overridden as --section.field VALUE.",
     )
-    p.add_argument("--config", help="YAML config, e.g. configs/irepa.yaml")
+    p.add_argument("--config", help="YAML config: a reference config's name (irepa, jit-irepa, ...: "
+                   "`irepa train --list-configs`) or a path")
     p.add_argument(
         "--recipe",
         help="training recipe: a family (sit, jit, meanflow) or family-alignment (jit-irepa, meanflow-repa, ...); "
@@ -95,6 +96,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a few steps of a tiny model on synthetic data (CPU, random encoder weights)",
     )
+    p.add_argument("--list-configs", action="store_true", help="list the reference configs shipped with irepa")
     add_config_arguments(p)
     p.set_defaults(func=run)
 
@@ -112,28 +114,41 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_export)
 
 
-def _family_of(config: str | None) -> str:
-    """The recipe family a YAML file names (``sit`` when it names none)."""
+def _recipe_of(config: str | None) -> str:
+    """The recipe a config (path or reference name) names (``sit`` when it names none)."""
     if not config:
         return "sit"
-    from pathlib import Path
-
-    import yaml
+    from irepa.config import resolve_config
+    from irepa.utils.settings import read_yaml_mapping
 
     try:
-        return str((yaml.safe_load(Path(config).read_text()) or {}).get("recipe", "sit"))
-    except (OSError, yaml.YAMLError, AttributeError):
+        return str(read_yaml_mapping(resolve_config(config)).get("recipe", "sit"))
+    except ValueError:
         return "sit"  # load_config reports the real problem with the file
+
+
+def list_configs() -> str:
+    """The shipped reference configs, one per line with the first line of its comment."""
+    from irepa.config import reference_configs
+
+    lines = []
+    for name, path in reference_configs().items():
+        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        lines.append(f"{name:18s} {first}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     from irepa.recipes import recipe_overrides, split_recipe_name
     from irepa.train.trainer import train
 
+    if args.list_configs:
+        print(list_configs())
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides: dict = recipe_overrides(args.recipe) if args.recipe else {}
     if args.smoke:
-        family = overrides.get("recipe") or split_recipe_name(_family_of(args.config))[0]
+        family = split_recipe_name(overrides.get("recipe") or _recipe_of(args.config))[0]
         overrides.update({**SMOKE_PRESET, **SMOKE_FAMILY.get(family, {})})
     shortcuts = {"model.name": args.model, "align.encoders": args.encoder, "out": args.out, "train.steps": args.steps}
     overrides.update({k: v for k, v in shortcuts.items() if v is not None})

@@ -53,8 +53,8 @@ from .step import TrainStep
 log = logging.getLogger(__name__)
 
 # Fields that must agree between a checkpoint and the config that resumes it.
+# (Not the recipe name: the sections it sets are compared themselves, and its stored spelling changed.)
 RESUME_MUST_MATCH = [
-    "recipe",
     "model",
     "align",
     "objective",
