@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+import irepa
 from irepa.evaluate.inception import wheel_weights
 from irepa.experiments import reproduce as rp
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(irepa.__file__).parent / "configs"
 
 
 def test_plan_follows_the_papers_setting(tmp_path):
@@ -23,7 +24,7 @@ def test_plan_follows_the_papers_setting(tmp_path):
     assert train.done == tmp_path / "dinov2-vit-b-irepa" / "checkpoints" / "step_0100000.pt"
     s = dict(zip(sample.argv[1::2], sample.argv[2::2]))
     assert s["--ckpt"] == str(train.done) and s["--num-samples"] == "50000"
-    assert (s["--sampler"], s["--steps"], s["--cfg-scale"]) == ("sde", "250", "1.0")  # gFID without CFG
+    assert (s["--sample.kind"], s["--sample.steps"], s["--sample.cfg_scale"]) == ("sde", "250", "1.0")  # no CFG
     assert evaluate.argv[evaluate.argv.index("--ref") + 1] == "VIRTUAL.npz"
     # once a checkpoint exists the training stage continues the run instead of refusing to overwrite it
     train.done.parent.mkdir(parents=True)

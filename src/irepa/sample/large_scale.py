@@ -400,7 +400,9 @@ def merge_shards(plan: SamplingPlan, out_dir: str | Path, progress: bool = True)
 
 
 # Settings that do not change which image an index gets: they may differ when a run is resumed.
-RESUMABLE_KEYS = ("num_samples", "batch_size", "num_processes", "samples_file", "torch_version", "irepa_version")
+# The objective is the checkpoint's (already pinned), recorded so that a samples file describes itself.
+RESUMABLE_KEYS = ("num_samples", "batch_size", "num_processes", "samples_file", "torch_version", "irepa_version",
+                  "objective")
 
 
 def _identity(settings: dict[str, Any]) -> dict[str, Any]:

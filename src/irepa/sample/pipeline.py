@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from irepa.codecs import Codec, codec_from_checkpoint, to_uint8
-from irepa.config import RunConfig, config_from_checkpoint, with_defaults
+from irepa.config import RunConfig, config_from_checkpoint, to_dict, with_defaults
 from irepa.diffusion.samplers import SamplerConfig, per_sample_noise, sample
 from irepa.objectives import Objective, build_objective
 from irepa.precision import AUTO, autocast_model, resolve_precision
@@ -118,6 +118,7 @@ def load_generator(
         "model": cfg.model.name,
         "recipe": cfg.recipe,
         "objective": objective.describe(),
+        "run_sampler": to_dict(cfg.sample),  # the run's own sampler: what `irepa sample` starts from
         "ema": bool(use_ema and ckpt.get("ema") is not None),
         "vae": getattr(codec, "vae_name", None),
         "space": "latent" if codec.kind != "pixels" else "pixel",
