@@ -27,7 +27,7 @@ COMMANDS = {
     "encoders": "irepa.encoders.cli",
     "prepare-latents": "irepa.data.cli",
     "metrics": "irepa.metrics.cli",
-    "viz": "irepa.viz.cli",
+    "viz": "irepa.metrics.viz_cli",
     "quickstart": "irepa.experiments.cli",
     "compare": "irepa.experiments.cli",
     "diagnose": "irepa.experiments.cli",

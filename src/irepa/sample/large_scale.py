@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from irepa.errors import CheckpointError, ConfigError
 from irepa.evaluate.npz import NpzWriter, check_images, open_npz_array, save_npz
 from irepa.sample.labels import LABEL_MODES, LABEL_SCHEMES, sample_labels
+from irepa.utils.images import make_grid
 from irepa.utils.io import atomic_write_json, remove_stale_temps, usable_file
 
 log = logging.getLogger(__name__)
@@ -484,8 +485,6 @@ def class_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 16, max_
 
     When no class has more than one image the images are tiled in a near-square block instead.
     """
-    from irepa.sample.pipeline import make_grid
-
     labels = np.asarray(labels)
     order = list(dict.fromkeys(labels.tolist()))[:max_rows]
     rows = [np.flatnonzero(labels == c)[:per_class] for c in order]

@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 from irepa.codecs import codec_for_run
 from irepa.config import RunConfig, config_diff, save_config, to_dict, with_defaults
 from irepa.data import build_dataset, make_loader
+from irepa.diffusion.generator import Generator
 from irepa.errors import ConfigError, TrainingDiverged
 from irepa.objectives import build_objective
-from irepa.sample.pipeline import Generator, make_grid, save_png
+from irepa.utils.images import make_grid, save_png
 
 from .checkpoint import (
     atomic_torch_save,

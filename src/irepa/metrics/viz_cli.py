@@ -1,4 +1,4 @@
-"""``irepa viz ...`` commands."""
+"""``irepa viz ...`` commands: pictures of encoder tokens (drawn by :mod:`irepa.viz`)."""
 
 from __future__ import annotations
 
