@@ -189,6 +189,7 @@ def reproduce(table_name: str, out: str | Path, data: str, ref: str, configs: st
                 run_stage(stage, launcher)
         results.append((row, measured_fid(plan[-1])))
     path = out.parent / f"{table_name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown(table, results))
     print(path.read_text())
     return path

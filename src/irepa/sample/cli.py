@@ -17,6 +17,7 @@ from irepa.diffusion.samplers import GUIDANCE_RULES, SAMPLERS, SamplerConfig
 from irepa.errors import ConfigError
 from irepa.precision import AUTO, PRECISIONS
 from irepa.sample.labels import LABEL_MODES
+from irepa.utils.settings import finite_float, merge, section_from_dict, set_dotted, to_dict
 
 # The short flags of ``irepa sample``: aliases of the ``--sample.FIELD`` options.
 SAMPLER_ALIASES = {
@@ -75,7 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--grid", type=int, default=None, metavar="N",
                    help=f"also save a PNG grid with up to N images per class row (always saved, with "
                         f"{AUTO_GRID_PER_CLASS} per row, when num-samples <= {AUTO_GRID_MAX_SAMPLES})")
-    p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--wait-timeout", type=finite_float, default=None, metavar="SECONDS",
                    help="how long the main process waits for a new image from the other processes before "
                         "giving up (default: the longer of 30 min and 4 shards' worth of its own sampling time)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -139,8 +140,6 @@ def sampling_settings(generator: Any, cfg: SamplerConfig, batch_size: int, num_p
 
 def run_sampler(recorded: dict[str, Any] | None, overrides: dict[str, Any]) -> SamplerConfig:
     """The sampler a run recorded (its ``sample`` section), with ``--sample.FIELD`` overrides, validated."""
-    from irepa.utils.settings import merge, section_from_dict, set_dotted, to_dict
-
     data = {"sample": merge(to_dict(SamplerConfig()), recorded or {})}
     for dotted, value in overrides.items():
         set_dotted(data, dotted, value)

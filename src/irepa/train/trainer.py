@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from irepa.codecs import codec_for_run
-from irepa.config import RunConfig, config_diff, save_config, to_dict, with_defaults
+from irepa.config import RunConfig, config_diff, save_config, to_dict, validate_config, with_defaults
 from irepa.data import build_dataset, make_loader
 from irepa.diffusion.generator import Generator
 from irepa.errors import ConfigError, TrainingDiverged
@@ -45,7 +45,6 @@ from .parts import (
     build_backbone,
     build_optimizer,
     check_finite,
-    learning_rate,
     step_generator,
     with_cached_targets,
 )
@@ -94,18 +93,15 @@ class TrainResult:
 
 
 def _check_settings(cfg: RunConfig, device: torch.device, world: int) -> None:
+    """The config's own checks (as at load, for a config built in code), then what depends on the machine."""
+    validate_config(cfg)
     t = cfg.train
-    if t.batch_size < 1 or t.grad_accum < 1 or t.steps < 1:
-        raise ConfigError("train.batch_size, train.grad_accum and train.steps must be >= 1")
     if t.batch_size % (world * t.grad_accum):
         raise ConfigError(
             f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum = {world} x {t.grad_accum}"
         )
-    if t.mixed_precision not in ("no", "fp16", "bf16"):
-        raise ConfigError(f"train.mixed_precision must be no, fp16 or bf16, got {t.mixed_precision!r}")
     if t.mixed_precision == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 mixed precision needs a CUDA GPU; use bf16 or no on this device")
-    learning_rate(t, 0)  # validates the schedule
 
 
 def _check_resumable(ckpt: dict, cfg: RunConfig) -> None:
