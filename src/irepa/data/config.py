@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from irepa.errors import ConfigError
+from irepa.utils.settings import section_from_dict
 
 SOURCES = ("synthetic", "folder", "fashion-mnist", "hf", "latents")
 CORRUPT_POLICIES = ("skip", "fail")
@@ -46,13 +47,13 @@ class DataConfig:
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the bad ``data.`` field and the accepted values."""
         if self.source not in SOURCES:
-            raise ConfigError(f"unknown data source {self.source!r}; valid data.source values: {', '.join(SOURCES)}")
+            raise ConfigError(f"unknown data.source {self.source!r}; valid sources: {', '.join(SOURCES)}")
         if self.on_corrupt not in CORRUPT_POLICIES:
             raise ConfigError(
                 f"unknown data.on_corrupt policy {self.on_corrupt!r}; valid: {', '.join(CORRUPT_POLICIES)}"
             )
         if self.source in ("folder", "hf", "latents") and not self.path:
-            raise ConfigError(f"data source {self.source!r} needs data.path", fix="see docs/data.md")
+            raise ConfigError(f"data source {self.source!r} needs `path` (data.path)", fix="see docs/data.md")
         at_least = {"resolution": 8, "limit": 1, "num_classes": 1, "num_workers": 0, "synthetic_size": 1}
         for name, low in at_least.items():
             value = getattr(self, name)
@@ -63,12 +64,8 @@ class DataConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataConfig:
-        """Build from a mapping (e.g. a YAML section); unknown keys are an error listing valid ones."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown data config key(s) {unknown}; valid keys: {', '.join(names)}")
-        return cls(**values)
+        """Build from a mapping (e.g. a YAML section), strictly; unknown keys are an error listing valid ones."""
+        return section_from_dict(cls, values, "data")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields (round-trips through ``from_dict``)."""
