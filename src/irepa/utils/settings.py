@@ -59,41 +59,43 @@ def _example(tp: Any) -> str:
     return _EXAMPLES.get(tp, "VALUE")
 
 
-def _refuse(where: str, what: str, tp: Any, optional: bool = False) -> ConfigError:
-    fix = f"give {_describe(tp)}, e.g. --{where} {_example(tp)}"
+def _refuse(where: str, what: str, tp: Any, optional: bool = False, example: Any = None) -> ConfigError:
+    shown = example if isinstance(example, (int, float, str)) and not isinstance(example, bool) else _example(tp)
+    fix = f"give {_describe(tp)}, e.g. --{where} {shown}"
     if optional:
         fix += f" (or --{where} null for the default behaviour)"
     return ConfigError(f"{where} {what}", fix=fix)
 
 
-def _number(tp: type, value: Any, where: str) -> int | float:
+def _number(tp: type, value: Any, where: str, example: Any = None) -> int | float:
     """A finite int or float from a number or its text; fractions are refused where an int is meant."""
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise _refuse(where, f"needs {_describe(tp)}, got {value!r}", tp)
+        raise _refuse(where, f"needs {_describe(tp)}, got {value!r}", tp, example=example)
     try:
         number = float(value) if isinstance(value, str) else value
         if isinstance(value, str) and tp is int:
             number = int(value) if value.strip().lstrip("+-").isdigit() else float(value)
     except ValueError:
-        raise _refuse(where, f"needs {_describe(tp)}, got {value!r}", tp) from None
+        raise _refuse(where, f"needs {_describe(tp)}, got {value!r}", tp, example=example) from None
     if not math.isfinite(number):
-        raise _refuse(where, f"must be a finite number, got {value!r}", tp)
+        raise _refuse(where, f"must be a finite number, got {value!r}", tp, example=example)
     if tp is int:
         if isinstance(number, float) and not number.is_integer():
-            raise _refuse(where, f"needs a whole number, got {value!r}", tp)
+            raise _refuse(where, f"needs a whole number, got {value!r}", tp, example=example)
         return int(number)
     return float(number)
 
 
-def coerce(tp: Any, value: Any, where: str) -> Any:
-    """``value`` as type ``tp`` (``where``: the dotted key, named in the error), strictly."""
+def coerce(tp: Any, value: Any, where: str, example: Any = None) -> Any:
+    """``value`` as type ``tp`` (``where``: the dotted key, named in the error; ``example``: a good value
+    for the fix, e.g. the field's default), strictly."""
     optional, tp = _strip_optional(tp)
     if value is None:
         if optional:
             return None
-        raise _refuse(where, "is null but needs a value", tp)
+        raise _refuse(where, "is null but needs a value", tp, example=example)
     if isinstance(value, str) and not value.strip():
-        raise _refuse(where, "is empty", tp, optional)
+        raise _refuse(where, "is empty", tp, optional, example)
     if tp is Any:
         return value
     if is_dataclass(tp):
@@ -134,7 +136,7 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
             return False
         raise _refuse(where, f"needs true or false, got {value!r}", tp)
     if tp in (int, float):
-        return _number(tp, value, where)
+        return _number(tp, value, where, example)
     if tp is str:
         if isinstance(value, bool):
             raise _refuse(where, f"needs a name, got {value!r}", tp, optional)
@@ -147,13 +149,15 @@ def coerce(tp: Any, value: Any, where: str) -> Any:
 def section_from_dict(cls: type, data: dict, where: str = "") -> Any:
     """Dataclass ``cls`` from a nested mapping; an unknown key is refused naming it and the valid ones."""
     hints = typing.get_type_hints(cls)
-    valid = [f.name for f in fields(cls)]
+    defaults = {f.name: f.default for f in fields(cls)}
+    valid = list(defaults)
     for key in data:
         if key not in valid:
             dotted = f"{where}.{key}" if where else str(key)
             raise ConfigError(f"unknown key {dotted}; valid keys{' of ' + where if where else ''}: {', '.join(valid)}",
                               fix="fix the spelling or remove it")
-    return cls(**{key: coerce(hints[key], value, f"{where}.{key}" if where else key) for key, value in data.items()})
+    return cls(**{key: coerce(hints[key], value, f"{where}.{key}" if where else key, defaults[key])
+                  for key, value in data.items()})
 
 
 def validate_sections(obj: Any) -> None:
