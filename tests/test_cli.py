@@ -5,10 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import irepa
 from irepa.cli import build_parser, main
 from irepa.sample.labels import LABEL_STREAM
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(irepa.__file__).parent / "configs"
 
 
 def test_smoke_train_then_sample(tmp_path):

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
+from irepa.codecs.vae import load_vae
 from irepa.data import (
     CacheMismatchError,
     CorruptImageError,
@@ -27,7 +28,6 @@ from irepa.data import (
 )
 from irepa.data import cli as data_cli
 from irepa.data.prepare import Processes
-from irepa.data.vae import load_vae
 from irepa.utils import io as atomic
 
 torch.set_num_threads(1)

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import irepa
 from irepa.align.target_cache import TokenCachedDataset, cached_tokens
 from irepa.config import load_config
 from irepa.data import DataConfig, build_dataset
@@ -50,7 +51,7 @@ def test_cached_tokens_refuse_flipped_items(tmp_path):
 
 
 def test_recipes_agree_with_shipped_configs():
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(irepa.__file__).parent / "configs"
     for name in ALIGNMENTS:
         from_yaml = load_config(configs / f"{name}.yaml")
         from_recipe = load_config(configs / "vanilla.yaml", recipe_overrides(name))

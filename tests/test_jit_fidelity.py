@@ -171,7 +171,7 @@ def test_irepa_sample_uses_the_runs_guidance_rule_and_evaluation_labels(tmp_path
     def load(ckpt, use_ema=True, device="cpu", vae=None, precision="auto"):
         info = {"checkpoint": str(ckpt), "step": 1, "model": "tiny", "ema": use_ema, "vae": None, "space": "pixel"}
         if run_sample is not None:
-            info["sample"] = run_sample
+            info["run_sampler"] = run_sample
         return tiny_generator(info, precision)
 
     monkeypatch.setattr(pipeline, "load_generator", load)

@@ -69,7 +69,7 @@ class FakeZoo:
 def run_cli(argv: list[str]) -> int:
     """Parse with only the metrics and viz commands (independent of the other areas) and run."""
     from irepa.metrics import cli as metrics_cli
-    from irepa.viz import cli as viz_cli
+    from irepa.metrics import viz_cli
 
     parser = argparse.ArgumentParser(prog="irepa")
     sub = parser.add_subparsers(dest="command")

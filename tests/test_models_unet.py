@@ -12,9 +12,9 @@ from irepa.config import load_config
 from irepa.diffusion.samplers import SamplerConfig, guided_velocity
 from irepa.errors import ConfigError
 from irepa.models import UNet, UNetConfig, create_model, registry
+from irepa.train.aligned_model import build_aligner, build_backbone
 from irepa.train.checkpoint import load_checkpoint
 from irepa.train.cli import smoke_overrides
-from irepa.train.aligned_model import build_aligner, build_backbone
 from irepa.train.trainer import train
 
 # Two levels (widths 16, 32; attention on the second) on a non-square 8 x 16 input: a transposed grid shows.
@@ -130,7 +130,7 @@ def test_smoke_keeps_the_u_net_and_builds_it_at_the_aligned_stage():
     overrides = smoke_overrides("sit", "UNet-B")
     assert overrides["model.name"] == "UNet-S" and "model.patch_size" not in overrides
     assert smoke_overrides("jit", "JiT-B/16")["model.name"] == "JiT-B/16"
-    cfg = load_config("configs/unet-irepa.yaml", {**overrides, "align.encoders": "dinov2-vit-s"})
+    cfg = load_config("unet-irepa", {**overrides, "align.encoders": "dinov2-vit-s"})
     backbone = build_backbone(with_random_encoders(cfg))
     assert isinstance(backbone, UNet) and backbone.grid == (8, 8) and backbone.hidden_size == 128
     aligner, encoders = build_aligner(cfg, backbone, "cpu", torch.float32)

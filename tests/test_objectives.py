@@ -14,6 +14,7 @@ import pytest
 import torch
 from tiny import tiny_overrides
 
+import irepa
 from irepa.config import load_config, to_dict
 from irepa.diffusion.samplers import SamplerConfig, sample
 from irepa.experiments.diagnose import diagnose_runs, hidden_tokens
@@ -26,7 +27,7 @@ from irepa.train.checkpoint import load_checkpoint
 from irepa.train.trainer import train
 
 T_EPS = 0.05
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(irepa.__file__).parent / "configs"
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 

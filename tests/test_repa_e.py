@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import irepa
 from irepa.config import load_config
 from irepa.errors import ConfigError, WeightsError
 
@@ -268,7 +269,7 @@ def test_sit_hidden_at_is_the_hidden_state_of_the_full_forward():
 def test_recipe_names_and_configs():
     from irepa.recipes import split_recipe_name
 
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(irepa.__file__).parent / "configs"
     repa_e = load_config(None, {"recipe": "repa-e"})
     assert repa_e.end_to_end.enabled and repa_e.align.projector == "mlp" and repa_e.align.norm == "none"
     irepa_e = load_config(None, {"recipe": "repa-e-irepa"})

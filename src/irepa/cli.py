@@ -27,7 +27,7 @@ COMMANDS = {
     "encoders": "irepa.encoders.cli",
     "prepare-latents": "irepa.data.cli",
     "metrics": "irepa.metrics.cli",
-    "viz": "irepa.viz.cli",
+    "viz": "irepa.metrics.viz_cli",
     "quickstart": "irepa.experiments.cli",
     "compare": "irepa.experiments.cli",
     "diagnose": "irepa.experiments.cli",
@@ -39,10 +39,34 @@ DEBUG_ENV = "IREPA_DEBUG"
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """Usage errors as one line naming the argument, exit code 2 (like every configuration error)."""
+    """Usage errors as one line naming the argument and the (sub-)command's help, exit code 2 (like every
+    configuration error). Options are never abbreviated: ``--train.ste`` is an error, not ``--train.steps``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: {message} — see `{self.prog} --help`\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """As argparse, but arguments no command knows are reported by the sub-command that got them."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            getattr(parsed, USAGE_PARSER, self).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
+USAGE_PARSER = "_usage_parser"
+
+
+def _own_usage_errors(parser: argparse.ArgumentParser) -> None:
+    """Record on every sub-command which parser it is, so its usage errors point at its own ``--help``."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                sub.set_defaults(**{USAGE_PARSER: sub})
+                _own_usage_errors(sub)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -64,6 +88,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(subparsers)
+    _own_usage_errors(parser)
     return parser
 
 

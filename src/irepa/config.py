@@ -1,92 +1,59 @@
-"""Run configuration: dataclasses, loaded from YAML, every field overridable from the command line.
+"""The run config: one section per part of the library, composed into :class:`RunConfig`.
 
-Precedence is defaults < YAML file < command line. Each section belongs to the part of the library
-that consumes it; :class:`RunConfig` only composes them.
+Each section lives next to the code that consumes it and validates itself (``validate()``):
+``model`` (:mod:`irepa.models.config`), ``data`` (:mod:`irepa.data.config`), ``align``
+(:mod:`irepa.align.config`), ``objective`` (:mod:`irepa.objectives.base`), ``sample``
+(:mod:`irepa.diffusion.samplers`), ``end_to_end`` (:mod:`irepa.codecs.config`); ``train`` belongs to
+the run itself and lives here. The generic YAML / dict / command-line plumbing is
+:mod:`irepa.utils.settings`, which refuses empty, null, non-finite and mistyped values and unknown
+keys in one line naming the dotted key.
+
+Precedence is defaults < the recipe's preset (:mod:`irepa.recipes`) < YAML file < command line. A
+config is a YAML path or the name of a reference config shipped with irepa (``irepa``, ``jit-irepa``:
+:func:`reference_configs`).
 """
 
 from __future__ import annotations
 
 import argparse
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from irepa.align.normalize import NORMS
+from irepa.align.config import AlignSection, EncoderEntry
+from irepa.codecs.config import EndToEndConfig
 from irepa.data.config import DataConfig
 from irepa.diffusion.samplers import SamplerConfig
 from irepa.errors import ConfigError
+from irepa.models.config import ModelSection
 from irepa.objectives.base import ObjectiveConfig
 from irepa.precision import precision_name
-from irepa.train.end_to_end import EndToEndConfig
+from irepa.recipes import canonical_recipe, family_preset
 from irepa.utils.io import atomic_write_text
+from irepa.utils.settings import (
+    add_dotted_arguments,
+    coerce,
+    flatten,
+    merge,
+    read_yaml_mapping,
+    section_from_dict,
+    set_dotted,
+    to_dict,
+    validate_sections,
+)
+from irepa.utils.settings import overrides_from_args as _overrides_from_args
+
+LR_SCHEDULES = ("constant", "cosine")
+REPORTERS = ("tensorboard", "wandb", "none")
+CONFIG_SUFFIXES = (".yaml", ".yml")
 
 
-@dataclass
-class ModelSection:
-    name: str = "SiT-B/2"
-    input_size: int = 32  # latent (or pixel) side length
-    in_channels: int = 4
-    num_classes: int = 1000
-    qk_norm: bool = False  # SiT: RMSNorm on queries and keys (JiT always has it)
-    # None: the named model's own value; set to build a custom-size model
-    depth: int | None = None
-    hidden_size: int | None = None
-    num_heads: int | None = None
-    patch_size: int | None = None
-    bottleneck_dim: int | None = None  # JiT: width of the bottleneck patch embedding
-    in_context_start: int | None = None  # JiT: block before which the class tokens are prepended
-    in_context_len: int | None = None  # JiT: how many class tokens
-    fp32_ops: bool | None = None  # JiT: float32 attention logits and RMSNorms under autocast (None: true, as JiT)
-
-    def overrides(self, interval_embedding: bool = False) -> dict:
-        """Keyword overrides for ``irepa.models.create_model`` (only what was set, and what the model has)."""
-        out = {"input_size": self.input_size, "in_channels": self.in_channels, "num_classes": self.num_classes}
-        if self.qk_norm:
-            out["qk_norm"] = True
-        if interval_embedding:
-            out["interval_embedding"] = True
-        optional = ("depth", "hidden_size", "num_heads", "patch_size", "bottleneck_dim", "in_context_start",
-                    "in_context_len", "fp32_ops")
-        out.update({k: v for k in optional if (v := getattr(self, k)) is not None})
-        return out
-
-
-@dataclass
-class EncoderEntry:
-    name: str = "dinov2-vit-b"
-    coeff: float | None = None  # None: the alignment section's coeff
-    weights: str | None = None  # None: local cache / hub; a path; or "random" (tests)
-
-
-@dataclass
-class AlignSection:
-    enabled: bool = True
-    encoders: list[EncoderEntry] = field(default_factory=lambda: [EncoderEntry()])
-    coeff: float = 0.5  # lambda in L = L_diffusion + lambda * L_align
-    depth: int = 8  # hidden state after this block (1-indexed)
-    projector: str = "mlp"
-    kernel_size: int = 3
-    projector_hidden_dim: int = 2048
-    norm: str = "none"  # "none" (REPA) or "zscore" (iREPA)
-    zscore_alpha: float = 0.6
-    encoder_batch_size: int | None = None  # micro-batch the encoders to bound memory
-    # Pixels fed to every encoder. None: the model's token grid times the encoder's patch size, so
-    # the encoder's tokens match the grid exactly; otherwise its tokens are resampled to the grid.
-    encoder_resolution: int | None = None
-    # How images reach the encoder's input size: "reference" as the paper's code (bicubic / bilinear
-    # without antialias; DINOv3 antialiased), or "antialias" (low-pass when shrinking, like PIL).
-    encoder_resize: str = "reference"
-    # Position embeddings resampled to the encoder grid: "reference" as the paper's code (timm's bicubic
-    # with antialias; bilinear for PE), or "upstream" as the encoder's release (DINOv2 without antialias,
-    # MoCo v3 sin-cos regenerated).
-    encoder_pos_embed: str = "reference"
-    # Encode the training set once and train on the stored tokens (needs data.flip false: the targets
-    # of an un-augmented dataset never change). Stored under $IREPA_HOME/targets.
-    cache_targets: bool = False
+def _choice(key: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {value!r}", fix=f"e.g. --{key} {valid[0]}")
 
 
 @dataclass
@@ -118,6 +85,37 @@ class TrainSection:
     grid_classes: int = 8  # rows of the periodic sample grid
     grid_per_class: int = 8
 
+    def validate(self) -> None:
+        """Refuse settings no run can use, naming the ``train.`` field."""
+        at_least = {"steps": 1, "batch_size": 1, "grad_accum": 1, "log_every": 1, "ckpt_every": 1, "sample_every": 0,
+                    "keep_checkpoints": 0, "grid_classes": 1, "grid_per_class": 1, "warmup_steps": 0,
+                    "max_skipped_steps": 1, "weight_decay": 0, "grad_clip": 0, "min_lr": 0, "adam_eps": 0}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value < low:
+                raise ConfigError(f"train.{name} must be >= {low}, got {value}",
+                                  fix=f"set --train.{name} {low} or more")
+        if not self.lr > 0:
+            raise ConfigError(f"train.lr must be > 0, got {self.lr}",
+                              fix="use a positive learning rate, e.g. --train.lr 1e-4")
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                raise ConfigError(f"train.betas[{i}] must be in [0, 1), got {beta}", fix="e.g. --train.betas 0.9,0.999")
+        decays = [("train.ema_decay", self.ema_decay)] + [
+            (f"train.extra_ema_decays[{i}]", d) for i, d in enumerate(self.extra_ema_decays)]
+        for name, decay in decays:
+            if not 0 <= decay <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {decay}", fix="e.g. --train.ema_decay 0.9999")
+        self.mixed_precision = precision_name(self.mixed_precision, "train.mixed_precision")  # old names: today's
+        _choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        for name in self.report_to:
+            _choice("train.report_to", name, REPORTERS)
+        if self.batch_size % self.grad_accum:
+            raise ConfigError(f"train.batch_size={self.batch_size} must be divisible by "
+                              f"train.grad_accum={self.grad_accum}",
+                              fix="choose a batch size that is a multiple of grad_accum")
+
+
 
 @dataclass
 class RunConfig:
@@ -131,107 +129,72 @@ class RunConfig:
     end_to_end: EndToEndConfig = field(default_factory=EndToEndConfig)  # REPA-E: train the VAE too
     out: str = "runs/default"
 
+    def validate(self) -> None:
+        """What no single section can check: settings that must agree across sections."""
+        if self.end_to_end.enabled:
+            _check_end_to_end(self)
+
+
+def _check_end_to_end(cfg: RunConfig) -> None:
+    if cfg.data.source == "latents":
+        raise ConfigError("end-to-end training encodes images with the VAE it trains, but data.source is latents",
+                          fix="set data.source to an image source (folder, hf, fashion-mnist, synthetic)")
+    if cfg.objective.kind != "flow":
+        raise ConfigError(f"end-to-end training is defined for flow matching; objective.kind is {cfg.objective.kind}",
+                          fix="set --objective.kind flow")
+    if not cfg.align.enabled or not cfg.align.encoders:
+        raise ConfigError("end-to-end training tunes the VAE through the alignment loss, but align is off",
+                          fix="set align.enabled true with at least one encoder")
+    if cfg.train.grad_accum != 1:
+        raise ConfigError("end-to-end training updates the VAE and the discriminator every micro-batch, but "
+                          f"train.grad_accum is {cfg.train.grad_accum}",
+                          fix="set train.grad_accum 1 (raise train.batch_size or the number of GPUs instead)")
+    if cfg.train.mixed_precision == "fp16":
+        raise ConfigError("end-to-end training runs three optimizers and does not use an fp16 loss scaler",
+                          fix="set train.mixed_precision bf16 (or fp32)")
+
 
 # ---------------------------------------------------------------------------------------------
-# dict <-> dataclass
+# reference configs shipped with the package
 
 
-def _strip_optional(tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if len(args) == 1:
-            return args[0]
-    return tp
+def reference_configs() -> dict[str, Path]:
+    """Name -> file of every reference config shipped inside the package (``irepa``, ``jit-irepa``, ...)."""
+    folder = resources.files("irepa") / "configs"
+    if not folder.is_dir():
+        return {}
+    return {Path(e.name).stem: Path(str(e)) for e in sorted(folder.iterdir(), key=lambda e: e.name)
+            if Path(e.name).suffix in CONFIG_SUFFIXES}
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    tp = _strip_optional(tp)
-    if value is None:
-        return None
-    if is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
-    origin = typing.get_origin(tp)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        return [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple:
-        if isinstance(value, str):
-            value = value.split(",")
-        return tuple(_coerce(a, v, where) for a, v in zip(typing.get_args(tp), value))
-    if tp is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return bool(value)
-    if tp in (int, float, str):
-        try:
-            return tp(value)
-        except (TypeError, ValueError) as err:
-            example = {"int": "8", "float": "1e-4", "str": "name"}[tp.__name__]
-            fix = f"e.g. --{where} {example}"
-            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}", fix=fix) from err
-    return value
+def resolve_config(config: str | Path) -> Path:
+    """A YAML path, or the name of a shipped reference config (``irepa`` or ``irepa.yaml``), as a file path.
+
+    A path that exists wins over a name; a folder is refused as a folder.
+    """
+    path = Path(config)
+    if path.exists():
+        if path.is_dir():
+            raise ConfigError(f"config {path} is a folder", fix="give a YAML file, or a reference config name: "
+                              + ", ".join(reference_configs()))
+        return path
+    shipped = reference_configs()
+    name = path.stem if path.suffix in CONFIG_SUFFIXES and path.parent == Path(".") else str(config)
+    if name in shipped:
+        return shipped[name]
+    if path.suffix in CONFIG_SUFFIXES or path.parent != Path("."):
+        raise ConfigError(f"config file {path} does not exist",
+                          fix=f"give an existing YAML file or a reference config name ({', '.join(shipped)})")
+    raise ConfigError(f"no reference config named {config!r}", fix=f"valid names: {', '.join(shipped)}; or a YAML path")
 
 
-def _encoder_entry_from(value: Any) -> Any:
-    """Accept ``name`` or ``name:coeff`` strings as encoder entries."""
-    if isinstance(value, str):
-        name, _, coeff = value.partition(":")
-        try:
-            return {"name": name, "coeff": float(coeff) if coeff else None}
-        except ValueError:
-            raise ConfigError(f"align.encoders: {value!r} should be name or name:coefficient") from None
-    return value
+# ---------------------------------------------------------------------------------------------
+# loading, storing, comparing
 
 
-def from_dict(cls: type, data: dict, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a nested dict; unknown keys are an error naming the valid ones."""
-    hints = typing.get_type_hints(cls)
-    valid = {f.name for f in fields(cls)}
-    unknown = set(data) - valid
-    if unknown:
-        raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; valid: {sorted(valid)}")
-    kwargs = {}
-    for key, value in data.items():
-        if cls is AlignSection and key == "encoders":
-            value = [_encoder_entry_from(v) for v in (value.split(",") if isinstance(value, str) else value)]
-        kwargs[key] = _coerce(hints[key], value, f"{where}.{key}" if where else key)
-    return cls(**kwargs)
-
-
-def to_dict(cfg: Any) -> dict:
-    """Plain nested dict (tuples become lists) suitable for YAML and checkpoints."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-
-    return plain(asdict(cfg))
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+def from_dict(cls: type, data: dict, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict, strictly (see :mod:`irepa.utils.settings`)."""
+    return section_from_dict(cls, data, where)
 
 
 def upgrade_config_dict(data: dict, stored: bool = False) -> dict:
@@ -254,110 +217,48 @@ def upgrade_config_dict(data: dict, stored: bool = False) -> dict:
     return data
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    node = data
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-        if not isinstance(node.get(p), dict):
-            raise ConfigError(f"unknown config key {dotted!r}")
-        node = node[p]
-    if leaf not in node:
-        raise ConfigError(f"unknown config key {dotted!r}; valid here: {sorted(node)}")
-    node[leaf] = value
-
-
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> RunConfig:
     """Defaults, the recipe's preset, the YAML file, then dotted ``overrides`` such as ``{"train.lr": 2e-4}``.
 
-    The recipe (``recipe`` from the overrides, else from the file, else ``sit``) names a family preset
-    of :mod:`irepa.recipes` that sits between the library defaults and the file.
+    ``path`` is a YAML file or the name of a shipped reference config. The recipe (``recipe`` from the
+    overrides, else from the file, else ``sit``) names a family preset of :mod:`irepa.recipes` that
+    sits between the library defaults and the file; it is stored under its canonical name. Every
+    section is validated here, once.
     """
-    from irepa.recipes import family_preset
-
     overrides = dict(overrides or {})
     loaded: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(
-                f"config file {path} does not exist", fix="pass an existing YAML file, e.g. configs/irepa.yaml"
-            )
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise ConfigError(f"{path} is not valid YAML ({' '.join(str(err).split())})") from err
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-        loaded = upgrade_config_dict(loaded)
+        loaded = upgrade_config_dict(read_yaml_mapping(resolve_config(path)))
     data = to_dict(RunConfig())
-    recipe = overrides.get("recipe", loaded.get("recipe", data["recipe"]))
-    for dotted, value in family_preset(str(recipe)).items():
-        _set_dotted(data, dotted, value)
-    data = _merge(data, loaded)
+    recipe = canonical_recipe(coerce(str, overrides.get("recipe", loaded.get("recipe", data["recipe"])), "recipe"))
+    for dotted, value in family_preset(recipe).items():
+        set_dotted(data, dotted, value)
+    data = merge(data, loaded)
     for dotted, value in overrides.items():
-        _set_dotted(data, dotted, value)
-    cfg = from_dict(RunConfig, data, where="")
-    validate_config(cfg)
+        set_dotted(data, dotted, value)
+    data["recipe"] = recipe
+    cfg = section_from_dict(RunConfig, data)
+    validate_sections(cfg)
     return cfg
 
 
 def validate_config(cfg: RunConfig) -> None:
     """Refuse values no run can use, naming the field (``ConfigError``); cheap, before anything is built."""
-    t, m, a = cfg.train, cfg.model, cfg.align
-    at_least = {
-        "train.steps": (t.steps, 1), "train.batch_size": (t.batch_size, 1), "train.grad_accum": (t.grad_accum, 1),
-        "train.log_every": (t.log_every, 1), "train.ckpt_every": (t.ckpt_every, 1),
-        "train.sample_every": (t.sample_every, 0), "train.keep_checkpoints": (t.keep_checkpoints, 0),
-        "train.grid_classes": (t.grid_classes, 1), "train.grid_per_class": (t.grid_per_class, 1),
-        "train.warmup_steps": (t.warmup_steps, 0), "train.max_skipped_steps": (t.max_skipped_steps, 1),
-        "model.input_size": (m.input_size, 1), "model.in_channels": (m.in_channels, 1),
-        "model.num_classes": (m.num_classes, 1), "align.depth": (a.depth, 1), "align.coeff": (a.coeff, 0),
-        "train.weight_decay": (t.weight_decay, 0), "train.grad_clip": (t.grad_clip, 0), "train.min_lr": (t.min_lr, 0),
-    }
-    for name, (value, low) in at_least.items():
-        if value < low:
-            raise ConfigError(f"{name} must be >= {low}, got {value}", fix=f"set --{name} to {low} or more")
-    if not t.lr > 0:
-        raise ConfigError(f"train.lr must be > 0, got {t.lr}", fix="use a positive learning rate, e.g. --train.lr 1e-4")
-    for name, decay in [("train.ema_decay", t.ema_decay)] + [("train.extra_ema_decays", d) for d in t.extra_ema_decays]:
-        if not 0 <= decay <= 1:
-            raise ConfigError(f"{name} must be in [0, 1], got {decay}", fix="e.g. --train.ema_decay 0.9999")
-    t.mixed_precision = precision_name(t.mixed_precision, "train.mixed_precision")  # old spellings: today's name
-    if t.lr_schedule not in ("constant", "cosine"):
-        raise ConfigError(f"train.lr_schedule must be constant or cosine, got {t.lr_schedule!r}")
-    if a.norm not in NORMS:
-        raise ConfigError(f"align.norm must be one of {', '.join(NORMS)}, got {a.norm!r}")
-    if t.batch_size % t.grad_accum:
-        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}",
-                          fix="choose a batch size that is a multiple of grad_accum")
-    cfg.objective.validate()
-    cfg.sample.validate()
-    cfg.end_to_end.validate()
+    validate_sections(cfg)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def with_defaults(stored: dict) -> dict:
     """A stored config dict in today's layout, completed with today's defaults (fields added since)."""
-    return _merge(to_dict(RunConfig()), upgrade_config_dict(stored, stored=True))
+    return merge(to_dict(RunConfig()), upgrade_config_dict(stored, stored=True))
 
 
 def config_from_checkpoint(ckpt: dict) -> RunConfig:
     """The run config stored in a checkpoint (of this or an earlier release) as a :class:`RunConfig`."""
-    return from_dict(RunConfig, with_defaults(ckpt["config"]), "checkpoint config")
+    return section_from_dict(RunConfig, with_defaults(ckpt["config"]))
 
 
 def config_diff(a: dict, b: dict, keys: list[str] | None = None) -> dict[str, tuple[Any, Any]]:
@@ -376,34 +277,29 @@ def config_diff(a: dict, b: dict, keys: list[str] | None = None) -> dict[str, tu
 # command line
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--section.field VALUE`` for every leaf field of :class:`RunConfig` (values parsed as YAML)."""
-    group = parser.add_argument_group("config fields (override the YAML file)")
-    taken = set(parser._option_string_actions)
-    for key in flatten(to_dict(RunConfig())):
-        if f"--{key}" in taken:  # a shortcut of the same name already sets this field
-            continue
-        group.add_argument(f"--{key}", dest=f"cfg:{key}", default=None, metavar="V", help=argparse.SUPPRESS)
-    group.description = (
+def config_keys(section: str | None = None) -> list[str]:
+    """Every dotted leaf field of :class:`RunConfig` (under ``section`` only, when given)."""
+    keys = list(flatten(to_dict(RunConfig())))
+    return [k for k in keys if section is None or k.startswith(section + ".")]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, section: str | None = None,
+                         aliases: dict[str, list[str]] | None = None,
+                         choices: dict[str, tuple[str, ...]] | None = None) -> None:
+    """``--section.field VALUE`` for every leaf field of :class:`RunConfig` (or of one ``section``)."""
+    add_dotted_arguments(
+        parser, config_keys(section), "config fields" if section is None else f"{section} settings",
         "any field as --section.field VALUE, e.g. --train.lr 2e-4 --align.norm zscore "
-        "--align.encoders dinov2-vit-b:0.5,mocov3-vit-l:0.5"
+        "--align.encoders dinov2-vit-b:0.5,mocov3-vit-l:0.5" if section is None else
+        f"any field of the {section} section as --{section}.FIELD VALUE: {', '.join(config_keys(section))}",
+        aliases,
+        choices,
     )
 
 
-def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    out = {}
-    for name, value in vars(args).items():
-        if name.startswith("cfg:") and value is not None:
-            out[name[4:]] = _parse_scalar(value)
-    return out
-
-
-def _parse_scalar(text: str) -> Any:
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    return text if isinstance(value, dict) else value
+def overrides_from_args(args: argparse.Namespace, section: str | None = None) -> dict[str, Any]:
+    """The ``--section.field`` values given on the command line (of one ``section``, when given)."""
+    return _overrides_from_args(args, f"{section}." if section else "")
 
 
 __all__ = [
@@ -428,4 +324,7 @@ __all__ = [
     "config_from_checkpoint",
     "validate_config",
     "with_defaults",
+    "reference_configs",
+    "resolve_config",
+    "config_keys",
 ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from irepa.errors import ConfigError
+from irepa.utils.settings import parse_scalar
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,15 @@ def family_preset(name: str) -> dict[str, Any]:
     return {**FAMILIES[family].preset, **FAMILIES[family].alignment[alignment]}
 
 
+def canonical_recipe(name: str) -> str:
+    """The one stored name of a recipe: a bare family stays itself, anything else is ``<family>-<alignment>``
+    (``irepa`` -> ``sit-irepa``, the paper's ``irepa-e`` -> ``repa-e-irepa``)."""
+    if name in FAMILIES:
+        return name
+    family, alignment = split_recipe_name(name)
+    return f"{family}-{alignment}"
+
+
 def valid_recipes() -> list[str]:
     return [f"{f.name}-{a}" for f in FAMILIES.values() for a in f.alignment]
 
@@ -173,19 +183,17 @@ def split_recipe_name(name: str) -> tuple[str, str | None]:
 def recipe_overrides(spec: str, common: dict[str, Any] | None = None) -> dict[str, Any]:
     """Dotted overrides for a recipe spec such as ``jit-irepa+align.depth=3``.
 
-    The result sets ``recipe`` (so the family preset applies under everything else), the
+    The result sets ``recipe`` (its canonical name, so the family preset applies under everything else), the
     alignment's settings (none for a bare family name: the config's own alignment stays), then
     ``common`` (changes for every recipe), then the spec's own changes.
     """
-    from irepa.config import _parse_scalar
-
     name, *changes = spec.split("+")
     family, alignment = split_recipe_name(name)
     aligned = FAMILIES[family].alignment[alignment] if alignment else {}
-    out: dict[str, Any] = {"recipe": family, **aligned, **(common or {})}
+    out: dict[str, Any] = {"recipe": canonical_recipe(name), **aligned, **(common or {})}
     for change in changes:
         key, sep, value = change.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"{spec!r}: expected +section.field=value after the recipe name, got {change!r}")
-        out[key] = _parse_scalar(value)
+        out[key] = parse_scalar(value)
     return out

@@ -18,9 +18,10 @@ import pytest
 from faultkit import TINY_TRAIN, cli
 from PIL import Image
 
+import irepa
 from irepa.evaluate import save_npz
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = Path(irepa.__file__).parent / "configs"
 
 # (id, argv from the fixtures, expected exit code, text the message must contain)
 CASES = [
@@ -145,7 +146,7 @@ def test_bad_input_gives_one_clear_line(case, argv, code, names, inputs, capsys)
 )
 def test_fresh_clone_commands_print_one_line(argv, tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(CONFIGS.parent / "src"), env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(irepa.__file__).parents[1]), env.get("PYTHONPATH")) if p)
     proc = subprocess.run([sys.executable, "-m", "irepa.cli", *argv], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode in (2, 5)

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from irepa.errors import ConfigError
 
 from .base import Codec, unit_images
+from .vae import load_vae, vae_downsample
 
 LATENT_NORMS = ("per-channel", "constant")
 SD_VAE_SCALE = 0.18215  # Stable Diffusion's latent scaling factor: REPA's and MeanFlow's z * 0.18215
@@ -98,8 +100,6 @@ class CachedLatentCodec(Codec):
 
     def prepare_decoder(self, device="cpu"):
         if self._vae is None:
-            from irepa.data.vae import load_vae, vae_downsample
-
             self._vae = load_vae(self.vae_name, device=device)
             self.factor = vae_downsample(self._vae)
         return self
@@ -122,3 +122,29 @@ class CachedLatentCodec(Codec):
     def describe(self) -> str:
         how = f"z * {self.scale:g}" if self.norm == "constant" else "per-channel mean / std"
         return f"frozen VAE {self.vae_name} (cached posterior moments, {self.channels} channels, f{self.factor}, {how})"
+
+
+class ChannelMoments:
+    """Streaming per-channel mean and variance (float64, Chan et al. pairwise merge)."""
+
+    def __init__(self, channels: int):
+        self.count = 0
+        self.mean = np.zeros(channels, dtype=np.float64)
+        self.m2 = np.zeros(channels, dtype=np.float64)
+
+    def update(self, x: np.ndarray) -> None:
+        """Add ``(N, C, ...)`` values."""
+        values = np.moveaxis(np.asarray(x, dtype=np.float64), 1, 0).reshape(x.shape[1], -1)
+        n = values.shape[1]
+        if n == 0:
+            return
+        mean = values.mean(axis=1)
+        m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def std(self) -> np.ndarray:
+        return np.sqrt(self.m2 / max(self.count, 1))

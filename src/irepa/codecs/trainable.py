@@ -29,7 +29,8 @@ from torch import nn
 from irepa.errors import CheckpointError, ConfigError, DataError
 
 from .base import Codec, unit_images
-from .latent import sample_posterior
+from .latent import ChannelMoments, sample_posterior
+from .vae import load_vae
 
 RANDOM_VAE = "random"  # a small untrained AutoencoderKL (f2, 4 channels): tests and smoke runs
 STATS_FILE = "latent_stats.json"
@@ -102,7 +103,6 @@ def load_trainable_vae(name: str) -> tuple[nn.Module, tuple[torch.Tensor, torch.
     """
     if name == RANDOM_VAE:
         return random_vae(), None
-    from irepa.data.vae import load_vae
     from irepa.errors import WeightsError
 
     try:
@@ -293,8 +293,6 @@ def estimate_latent_statistics(codec: TrainableVAECodec, dataset, count: int, ba
     The same definition as ``irepa prepare-latents`` (population std, float64 accumulation); evenly
     spread indices, because class-sorted folders would give one class from their first images.
     """
-    from irepa.data.latent_cache import ChannelMoments
-
     n = len(dataset)
     if n == 0:
         raise DataError("the dataset is empty: no images to estimate the latent statistics from")

@@ -8,6 +8,7 @@ from typing import Any
 
 from irepa.codecs.latent import LATENT_NORMS
 from irepa.errors import ConfigError
+from irepa.utils.settings import section_from_dict
 
 SOURCES = ("synthetic", "folder", "fashion-mnist", "hf", "latents")
 CORRUPT_POLICIES = ("skip", "fail")
@@ -48,36 +49,30 @@ class DataConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the bad field and the accepted values."""
+        """Raise ``ConfigError`` naming the bad ``data.`` field and the accepted values."""
         if self.source not in SOURCES:
-            raise ConfigError(f"unknown data source {self.source!r}; valid sources: {', '.join(SOURCES)}")
+            raise ConfigError(f"unknown data.source {self.source!r}; valid sources: {', '.join(SOURCES)}")
         if self.on_corrupt not in CORRUPT_POLICIES:
             raise ConfigError(
-                f"unknown on_corrupt policy {self.on_corrupt!r}; valid: {', '.join(CORRUPT_POLICIES)}"
+                f"unknown data.on_corrupt policy {self.on_corrupt!r}; valid: {', '.join(CORRUPT_POLICIES)}"
             )
         if self.source in ("folder", "hf", "latents") and not self.path:
-            raise ConfigError(f"data source {self.source!r} needs `path` (see docs/data.md)")
-        if int(self.resolution) < 8:
-            raise ConfigError(f"resolution must be >= 8 pixels, got {self.resolution}")
-        if self.limit is not None and int(self.limit) < 1:
-            raise ConfigError(f"limit must be a positive number of items or null, got {self.limit}")
-        if self.num_classes is not None and int(self.num_classes) < 1:
-            raise ConfigError(f"num_classes must be positive or null, got {self.num_classes}")
+            raise ConfigError(f"data source {self.source!r} needs `path` (data.path)", fix="see docs/data.md")
+        at_least = {"resolution": 8, "limit": 1, "num_classes": 1, "num_workers": 0, "synthetic_size": 1}
+        for name, low in at_least.items():
+            value = getattr(self, name)
+            if value is not None and int(value) < low:
+                raise ConfigError(f"data.{name} must be >= {low}, got {value}",
+                                  fix=f"set --data.{name} {low} or more" + (" (or null)" if name in (
+                                      "limit", "num_classes") else ""))
         if self.latent_norm not in LATENT_NORMS:
-            raise ConfigError(f"unknown latent_norm {self.latent_norm!r}; valid: {', '.join(LATENT_NORMS)}")
-        if self.num_workers < 0:
-            raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.synthetic_size < 1:
-            raise ConfigError(f"synthetic_size must be >= 1, got {self.synthetic_size}")
+            raise ConfigError(f"unknown data.latent_norm {self.latent_norm!r}; valid: {', '.join(LATENT_NORMS)}",
+                              fix="set --data.latent_norm per-channel or constant")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DataConfig:
-        """Build from a mapping (e.g. a YAML section); unknown keys are an error listing valid ones."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ConfigError(f"unknown data config key(s) {unknown}; valid keys: {', '.join(names)}")
-        return cls(**values)
+        """Build from a mapping (e.g. a YAML section), strictly; unknown keys are an error listing valid ones."""
+        return section_from_dict(cls, values, "data")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of all fields (round-trips through ``from_dict``)."""

@@ -113,32 +113,6 @@ def read_index(folder: str | os.PathLike) -> dict[str, Any]:
     return index
 
 
-class ChannelMoments:
-    """Streaming per-channel mean and variance (float64, Chan et al. pairwise merge)."""
-
-    def __init__(self, channels: int):
-        self.count = 0
-        self.mean = np.zeros(channels, dtype=np.float64)
-        self.m2 = np.zeros(channels, dtype=np.float64)
-
-    def update(self, x: np.ndarray) -> None:
-        """Add ``(N, C, ...)`` values."""
-        values = np.moveaxis(np.asarray(x, dtype=np.float64), 1, 0).reshape(x.shape[1], -1)
-        n = values.shape[1]
-        if n == 0:
-            return
-        mean = values.mean(axis=1)
-        m2 = ((values - mean[:, None]) ** 2).sum(axis=1)
-        total = self.count + n
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (n / total)
-        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
-        self.count = total
-
-    def std(self) -> np.ndarray:
-        return np.sqrt(self.m2 / max(self.count, 1))
-
-
 class LatentCache:
     """Read access to a complete cache: ``moments(index, flip)`` -> float32 ``(2C, r, r)``."""
 

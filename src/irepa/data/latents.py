@@ -8,10 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from irepa.codecs.vae import vae_id
+
 from .base import ImageDataset
 from .latent_cache import CacheMismatchError, LatentCache
-from .prepare import build_source_dataset
-from .vae import vae_id
+from .sources import build_source_dataset
 
 
 class LatentDataset(ImageDataset):

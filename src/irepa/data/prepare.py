@@ -23,7 +23,8 @@ from safetensors import safe_open
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from irepa.codecs.latent import encode_moments
+from irepa.codecs.latent import ChannelMoments, encode_moments
+from irepa.codecs.vae import load_vae, vae_downsample, vae_id
 from irepa.errors import CheckpointError, ConfigError, DataError
 from irepa.utils.io import atomic_write_json, file_digest, remove_stale_temps
 
@@ -35,13 +36,12 @@ from .latent_cache import (
     REPAIR_HINT,
     STATS_OVER,
     CacheMismatchError,
-    ChannelMoments,
     read_shard_metadata,
     save_shard,
     shard_damage,
     shard_table,
 )
-from .vae import load_vae, vae_downsample, vae_id
+from .sources import build_source_dataset
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +104,6 @@ def source_record(cfg: DataConfig) -> dict[str, Any]:
     if record["path"] and Path(record["path"]).expanduser().exists():
         record["path"] = str(Path(record["path"]).expanduser().resolve())
     return record
-
-
-def build_source_dataset(record: dict[str, Any], on_corrupt: str = "skip") -> ImageDataset:
-    """Rebuild the un-flipped image dataset a cache was (or will be) made from."""
-    from .build import build_dataset
-
-    cfg = DataConfig(**record, flip=False, verify=False, on_corrupt=on_corrupt, num_workers=0)
-    if cfg.source == "latents":
-        raise ValueError("a latent cache is made from images: source must not be 'latents'")
-    return build_dataset(cfg)
 
 
 class _EncodeView(Dataset):

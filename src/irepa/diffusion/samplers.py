@@ -43,20 +43,29 @@ class SamplerConfig:
     sde_last_t: float = 0.04  # the SDE grid stops here; the last step to 0 is the deterministic mean
 
     def validate(self) -> None:
+        """Refuse settings no sampler can use, naming the ``sample.`` field."""
         if self.kind not in SAMPLERS:
-            raise ConfigError(f"unknown sampler {self.kind!r}; valid: {', '.join(SAMPLERS)}")
+            raise ConfigError(f"sample.kind must be one of {', '.join(SAMPLERS)}, got {self.kind!r}",
+                              fix="e.g. --sample.kind ode-heun")
         if self.steps < 1:
-            raise ConfigError(f"sampler steps must be >= 1, got {self.steps}")
+            raise ConfigError(f"sample.steps must be >= 1, got {self.steps}", fix="e.g. --sample.steps 50")
         if not 0 <= self.guidance_low <= self.guidance_high <= 1:
             raise ConfigError(
-                f"guidance interval must satisfy 0 <= low <= high <= 1, got [{self.guidance_low}, {self.guidance_high}]"
+                "the guidance interval must satisfy 0 <= sample.guidance_low <= sample.guidance_high <= 1, got "
+                f"[{self.guidance_low}, {self.guidance_high}]", fix="e.g. --sample.guidance_high 0.7"
             )
-        if self.cfg_scale < 0:
-            raise ConfigError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if not 0 <= self.cfg_scale < float("inf"):
+            raise ConfigError(f"sample.cfg_scale must be a finite number >= 0, got {self.cfg_scale}",
+                              fix="e.g. --sample.cfg_scale 1.5 (1 = no guidance)")
         if self.guidance_rule not in GUIDANCE_RULES:
-            raise ConfigError(f"unknown guidance_rule {self.guidance_rule!r}; valid: {', '.join(GUIDANCE_RULES)}")
+            raise ConfigError(f"sample.guidance_rule must be one of {', '.join(GUIDANCE_RULES)}, "
+                              f"got {self.guidance_rule!r}", fix="e.g. --sample.guidance_rule per-evaluation")
+        if not 0 < self.sde_last_t < 1:
+            raise ConfigError(f"sample.sde_last_t must be in (0, 1), got {self.sde_last_t}",
+                              fix="e.g. --sample.sde_last_t 0.04")
         if self.labels not in LABEL_MODES:
-            raise ConfigError(f"unknown sample.labels {self.labels!r}; valid: {', '.join(LABEL_MODES)}")
+            raise ConfigError(f"sample.labels must be one of {', '.join(LABEL_MODES)}, got {self.labels!r}",
+                              fix="e.g. --sample.labels balanced")
 
 
 class _LinearField:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from irepa.errors import ConfigError, DataError, IrepaError
 from irepa.utils.io import atomic_write_json, check_file
+from irepa.utils.settings import finite_float
 
 from .features import Resizer
 from .references import FASHION_MNIST
@@ -31,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-ref", type=int, default=None, help="use only the first N reference images")
     p.add_argument("--resize", action="store_true",
                    help="centre-crop and resize reference images to the sample resolution instead of refusing")
-    p.add_argument("--eps", type=float, default=0.0,
+    p.add_argument("--eps", type=finite_float, default=0.0,
                    help="explicit covariance regulariser for the Fréchet distances (recorded; default none)")
     p.add_argument("--inception", default=None,
                    help="Inception TorchScript path, or 'download' (default: $IREPA_INCEPTION, the cached download, "

@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import logging
 
-from irepa.config import _parse_scalar
+from irepa.config import add_config_arguments, overrides_from_args
 from irepa.errors import ConfigError
+from irepa.utils.settings import parse_scalar
 
 
-def _extra(pairs: list[str]) -> dict:
+def _extra(args: argparse.Namespace) -> dict:
+    """Config overrides: ``--set KEY=VALUE`` pairs, then the ``--section.field VALUE`` options."""
     out = {}
-    for pair in pairs or []:
+    for pair in args.set or []:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise ConfigError(f"--set expects key=value, got {pair!r}")
-        out[key] = _parse_scalar(value)
-    return out
+            raise ConfigError(f"--set expects key=value, got {pair!r}", fix="e.g. --set train.lr=5e-4")
+        out[key] = parse_scalar(value)
+    return {**out, **overrides_from_args(args)}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--steps", type=int, default=None, help="training steps (default 400)")
     q.add_argument("--fid-samples", type=int, default=300)
     q.add_argument("--fid-ref", type=int, default=1000, help="test images in the FID reference")
-    q.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=5e-4")
+    q.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides, e.g. train.lr=5e-4 (the same as --train.lr 5e-4)")
+    add_config_arguments(q)
     q.set_defaults(func=_quickstart)
 
     c = subparsers.add_parser("compare", help="train recipes side by side and plot FID against steps")
@@ -41,20 +45,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--fid-samples", type=int, default=300)
     c.add_argument("--fid-ref", type=int, default=1000)
     c.add_argument("--out", default="runs/compare")
-    c.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides for every recipe")
+    c.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides for every recipe, e.g. train.lr=5e-4 (the same as --train.lr 5e-4)")
+    add_config_arguments(c)
     c.set_defaults(func=_compare)
 
     r = subparsers.add_parser(
         "reproduce", help="the paper's REPA vs iREPA table: train, sample 50K, evaluate, compare with published",
         description="Runs (or resumes) every row of a published table and writes <out>/<table>.md with the "
-                    "measured and the published gFID side by side.",
+                    "measured and the published gFID side by side. --section.field VALUE changes a setting of "
+                    "every row: --sample.* options go to the sampling stage (default: SDE, 250 steps, no guidance, "
+                    "as the paper's table), every other one to training.",
     )
     r.add_argument("--paper", choices=["irepa"], default="irepa")
     r.add_argument("--table", default="sit-xl2-100k", help="sit-xl2-100k (default) or sit-b2-100k")
     r.add_argument("--data", help="latent cache of ImageNet 256 (irepa prepare-latents)")
     r.add_argument("--ref", help="ADM reference batch, e.g. VIRTUAL_imagenet256_labeled.npz")
     r.add_argument("--out", default="runs/reproduce")
-    r.add_argument("--configs", default="configs", help="folder with repa.yaml and irepa.yaml")
+    r.add_argument("--configs", default=None,
+                   help="folder with your own repa.yaml and irepa.yaml (default: the reference configs shipped "
+                        "with irepa)")
     r.add_argument("--encoders", help="only these rows' encoders (comma-separated)")
     r.add_argument("--recipes", help="only these recipes: repa, irepa")
     r.add_argument("--stages", help="only these stages: train, sample, eval (default all)")
@@ -62,6 +72,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help='how training and sampling start, e.g. "accelerate launch --multi_gpu --num_processes 8" '
                         "(default: this Python, one process)")
     r.add_argument("--dry-run", action="store_true", help="tiny model, synthetic data, 16 samples: checks the path")
+    add_config_arguments(r)
     r.set_defaults(func=_reproduce)
 
     d = subparsers.add_parser(
@@ -84,7 +95,7 @@ def _quickstart(args: argparse.Namespace) -> int:
     from .small_scale import format_time_table
 
     logging.basicConfig(level=logging.WARNING)
-    m = run_quickstart(args.out, args.steps, args.fid_samples, args.fid_ref, extra=_extra(args.set))
+    m = run_quickstart(args.out, args.steps, args.fid_samples, args.fid_ref, extra=_extra(args))
     print(format_time_table(m["timings"]))
     print(f"FID {m['fid']:.2f} (N={m['fid_samples']}); report: {args.out}/report.md")
     return 0
@@ -103,7 +114,7 @@ def _compare(args: argparse.Namespace) -> int:
         args.encoder,
         args.fid_samples,
         args.fid_ref,
-        extra=_extra(args.set),
+        extra=_extra(args),
     )
     print(markdown_table(rows, recipes))
     return 0

@@ -20,7 +20,9 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from irepa.config import resolve_config
 from irepa.errors import ConfigError
 
 
@@ -75,7 +77,7 @@ TABLES: dict[str, Table] = {
 }
 
 NUM_SAMPLES = 50_000
-SAMPLER = ["--sampler", "sde", "--steps", "250", "--cfg-scale", "1.0"]
+SAMPLER = ["--sample.kind", "sde", "--sample.steps", "250", "--sample.cfg_scale", "1.0"]
 
 
 @dataclass
@@ -89,16 +91,18 @@ def row_dir(out: Path, row: Row) -> Path:
     return out / f"{row.encoder}-{row.recipe}"
 
 
-def plan_row(table: Table, row: Row, out: Path, data: str, ref: str, configs: Path,
+def plan_row(table: Table, row: Row, out: Path, data: str, ref: str, configs: Path | None = None,
              steps: int | None = None, num_samples: int = NUM_SAMPLES, extra_train: list[str] | None = None,
              sampler: list[str] | None = None) -> list[Stage]:
-    """The three stages of one row as ``irepa`` command lines."""
+    """The three stages of one row as ``irepa`` command lines (``configs``: a folder of YAML files, or
+    None for the reference configs shipped with irepa, named ``repa`` and ``irepa``)."""
     run = row_dir(out, row)
     steps = steps or table.steps
     ckpt = run / "checkpoints" / f"step_{steps:07d}.pt"
     samples = run / "samples" / f"samples_{num_samples}.npz"
     has_checkpoint = (run / "checkpoints").is_dir() and any((run / "checkpoints").glob("step_*.pt"))
-    train = ["train", "--config", str(configs / f"{row.recipe}.yaml"), "--encoder", row.encoder,
+    config = str(configs / f"{row.recipe}.yaml") if configs is not None else row.recipe
+    train = ["train", "--config", config, "--encoder", row.encoder,
              "--align.depth", str(table.depth), "--train.steps", str(steps), "--train.ckpt_every",
              str(max(1, min(steps, 10_000))), "--data.path", data, "--out", str(run), *(extra_train or [])]
     if has_checkpoint:
@@ -143,11 +147,15 @@ def run_stage(stage: Stage, launcher: list[str] | None) -> None:
                           "`irepa reproduce` again (finished stages are kept)")
 
 
-def reproduce(table_name: str, out: str | Path, data: str, ref: str, configs: str | Path = "configs",
+def reproduce(table_name: str, out: str | Path, data: str, ref: str, configs: str | Path | None = None,
               encoders: list[str] | None = None, recipes: list[str] | None = None,
               launcher: list[str] | None = None, dry_run: bool = False, stages: tuple[str, ...] = ("train",
-              "sample", "eval")) -> Path:
-    """Run (or continue) the table's rows and write ``<out>/<table>.md``; returns that file."""
+              "sample", "eval"), overrides: dict[str, Any] | None = None) -> Path:
+    """Run (or continue) the table's rows and write ``<out>/<table>.md``; returns that file.
+
+    ``configs``: a folder with ``repa.yaml`` and ``irepa.yaml`` (default: the shipped reference configs).
+    ``overrides``: dotted settings for every row; ``sample.*`` go to the sampling stage, the rest to training.
+    """
     if table_name not in TABLES:
         raise ConfigError(f"unknown table {table_name!r}; valid: {', '.join(TABLES)}")
     table = TABLES[table_name]
@@ -156,17 +164,23 @@ def reproduce(table_name: str, out: str | Path, data: str, ref: str, configs: st
     rows = [r for r in table.rows if (not encoders or r.encoder in encoders) and (not recipes or r.recipe in recipes)]
     if not rows:
         raise ConfigError(f"no row of {table_name} matches --encoders {encoders} --recipes {recipes}")
-    configs, out = Path(configs), Path(out) / table_name
-    for recipe in {r.recipe for r in rows}:
-        if not (configs / f"{recipe}.yaml").is_file():
-            raise ConfigError(f"{configs / (recipe + '.yaml')} not found; pass --configs with the repository's "
-                              "configs/ folder")
+    configs, out = (Path(configs) if configs is not None else None), Path(out) / table_name
+    for recipe in sorted({r.recipe for r in rows}):
+        if configs is not None and not (configs / f"{recipe}.yaml").is_file():
+            raise ConfigError(f"{configs / (recipe + '.yaml')} not found",
+                              fix="pass --configs with a folder holding repa.yaml and irepa.yaml, or leave it out "
+                                  "to use the reference configs shipped with irepa")
+        if configs is None:
+            resolve_config(recipe)  # shipped with the package: refused only in a broken install
     kwargs: dict = {}
     if dry_run:  # a tiny model on synthetic data, a few samples: the whole path in a minute on a CPU
-        kwargs = {"steps": 4, "num_samples": 16, "sampler": ["--sampler", "ode-euler", "--steps", "4"],
+        kwargs = {"steps": 4, "num_samples": 16, "sampler": ["--sample.kind", "ode-euler", "--sample.steps", "4"],
                   "extra_train": ["--smoke", "--model.depth", "2", "--model.hidden_size", "64",
                                   "--model.num_heads", "2", "--align.depth", "1", "--encoder", "dinov2-vit-s"]}
         launcher = None
+    sample_args, train_args = _as_argv(overrides or {}, "sample."), _as_argv(overrides or {}, "", "sample.")
+    kwargs["sampler"] = [*kwargs.get("sampler", SAMPLER), *sample_args]
+    kwargs["extra_train"] = [*kwargs.get("extra_train", []), *train_args]
     results = []
     for row in rows:
         plan = plan_row(table, row, out, data, ref, configs, **kwargs)
@@ -175,6 +189,7 @@ def reproduce(table_name: str, out: str | Path, data: str, ref: str, configs: st
                 run_stage(stage, launcher)
         results.append((row, measured_fid(plan[-1])))
     path = out.parent / f"{table_name}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown(table, results))
     print(path.read_text())
     return path
@@ -195,7 +210,18 @@ def write_dry_run_reference(folder: Path, n: int = 16, resolution: int = 16) -> 
     return folder
 
 
+def _as_argv(overrides: dict[str, Any], prefix: str, exclude: str | None = None) -> list[str]:
+    """``--key value`` pairs of the dotted ``overrides`` under ``prefix`` (values written back as YAML)."""
+    out = []
+    for key, value in overrides.items():
+        if key.startswith(prefix) and not (exclude and key.startswith(exclude)):
+            out += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    return out
+
+
 def main_args(args) -> int:
+    from irepa.config import overrides_from_args
+
     launcher = shlex.split(args.launcher) if args.launcher else [sys.executable]
     data, ref = args.data, args.ref
     if args.dry_run:
@@ -205,7 +231,8 @@ def main_args(args) -> int:
         raise ConfigError("--data (a latent cache from `irepa prepare-latents`) and --ref (the ADM reference "
                           "batch VIRTUAL_imagenet256_labeled.npz) are needed; or pass --dry-run")
     reproduce(args.table, args.out, data, ref, args.configs, _split(args.encoders), _split(args.recipes),
-              launcher, args.dry_run, tuple(_split(args.stages) or ("train", "sample", "eval")))
+              launcher, args.dry_run, tuple(_split(args.stages) or ("train", "sample", "eval")),
+              overrides_from_args(args))
     return 0
 
 

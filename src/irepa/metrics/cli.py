@@ -19,6 +19,7 @@ from irepa.metrics.runner import (
     summary_columns,
 )
 from irepa.metrics.tables import format_value, read_csv, render_table, write_csv
+from irepa.utils.settings import finite_float
 
 DEFAULT_METRICS = "lds,cds,srss,rmsc"
 
@@ -138,7 +139,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n-train", type=int, default=1000)
     p.add_argument("--n-test", type=int, default=500)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=finite_float, default=1e-4)
     p.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations")
     p.add_argument("--seed", type=int, default=0, help="seed of the split and the classifier init")
     p.add_argument("--out", required=True, help="CSV; rows of other encoders already there are kept")

@@ -12,11 +12,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from irepa.config import add_config_arguments, overrides_from_args
 from irepa.diffusion.samplers import GUIDANCE_RULES, SAMPLERS, SamplerConfig
 from irepa.errors import ConfigError
 from irepa.precision import AUTO, PRECISIONS
 from irepa.sample.labels import LABEL_MODES
+from irepa.utils.settings import finite_float, merge, section_from_dict, set_dotted, to_dict
 
+# The short flags of ``irepa sample``: aliases of the ``--sample.FIELD`` options.
+SAMPLER_ALIASES = {
+    "sample.kind": ["--sampler"],
+    "sample.steps": ["--steps"],
+    "sample.cfg_scale": ["--cfg-scale"],
+    "sample.guidance_low": ["--guidance-low"],
+    "sample.guidance_high": ["--guidance-high"],
+    "sample.guidance_rule": ["--guidance-rule"],
+}
 DEFAULT_SHARD_SIZE = 256
 AUTO_GRID_MAX_SAMPLES = 256  # below this many samples a grid is always saved
 AUTO_GRID_PER_CLASS = 16
@@ -33,7 +44,11 @@ def _int_list(text: str) -> list[int]:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "sample", help="sample images from a checkpoint (a quick grid or a sharded 50K batch)",
-        description="Sample i gets seed seed + i and a label drawn from (seed, i) (or class i % num_classes with "
+        description="The sampler is the run's own (the `sample` section of its config.yaml); change any of its "
+                    "fields with --sample.FIELD VALUE (kind, steps, cfg_scale, guidance_low, guidance_high, "
+                    "guidance_rule, sde_last_t; --sampler, --steps, --cfg-scale, --guidance-low, --guidance-high "
+                    "and --guidance-rule are short forms). "
+                    "Sample i gets seed seed + i and a label drawn from (seed, i) (or class i % num_classes with "
                     "--labels balanced); the work is split evenly over every process of an accelerate/torchrun "
                     "launch, resumable, merged into samples_<N>.npz.",
     )
@@ -41,11 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--num-samples", type=int, default=50_000, help="how many images (default 50000)")
     p.add_argument("--out", default=None,
                    help="output folder (default: <checkpoint folder>/samples/<checkpoint>-<settings>)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="sde", help="integrator (default sde)")
-    p.add_argument("--steps", type=int, default=250, help="integration steps (default 250)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--guidance-low", type=float, default=0.0, help="guidance interval start (t in [0, 1])")
-    p.add_argument("--guidance-high", type=float, default=1.0, help="guidance interval end (t in [0, 1])")
+    add_config_arguments(p, "sample", aliases=SAMPLER_ALIASES,
+                         choices={"sample.kind": SAMPLERS, "sample.guidance_rule": GUIDANCE_RULES})
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--vae", default=None, help="override the VAE named in the checkpoint (path or id)")
     p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i (>= 0)")
@@ -59,16 +71,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="random: each sample's class drawn uniformly from (seed, index), as the REPA / SiT "
                         "evaluation does; balanced: class i %% num_classes, as JiT's (default: the run's "
                         "sample.labels: balanced for JiT runs, random otherwise)")
-    p.add_argument("--guidance-rule", choices=GUIDANCE_RULES, default=None,
-                   help="how Heun steps decide guidance inside the interval (default: the run's "
-                        "sample.guidance_rule: jit for JiT runs, reference otherwise)")
     p.add_argument("--classes", type=_int_list, default=None,
                    help="use these classes only, e.g. 207,360,387 (default: all classes)")
     p.add_argument("--unconditional", action="store_true", help="sample with the null label")
     p.add_argument("--grid", type=int, default=None, metavar="N",
                    help=f"also save a PNG grid with up to N images per class row (always saved, with "
                         f"{AUTO_GRID_PER_CLASS} per row, when num-samples <= {AUTO_GRID_MAX_SAMPLES})")
-    p.add_argument("--wait-timeout", type=float, default=None, metavar="SECONDS",
+    p.add_argument("--wait-timeout", type=finite_float, default=None, metavar="SECONDS",
                    help="how long the main process waits for a new image from the other processes before "
                         "giving up (default: the longer of 30 min and 4 shards' worth of its own sampling time)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -84,12 +93,23 @@ def default_out_dir(ckpt: str | Path, cfg: SamplerConfig, use_ema: bool, seed: i
     tag = f"{cfg.kind}{cfg.steps}-cfg{cfg.cfg_scale:g}"
     if cfg.cfg_scale != 1.0:
         tag += f"-int{cfg.guidance_low:g}-{cfg.guidance_high:g}"
+        if cfg.guidance_rule != "reference":
+            tag += f"-{cfg.guidance_rule}"
+    if cfg.kind == "sde" and cfg.sde_last_t != SamplerConfig.sde_last_t:
+        tag += f"-last{cfg.sde_last_t:g}"
     tag += f"-{'ema' if use_ema else 'raw'}-seed{seed}"
     if label_mode != "balanced":
         tag += f"-{label_mode}-labels"
     if precision != "fp32":
         tag += f"-{precision}"
     return base / "samples" / f"{name}-{tag}"
+
+
+def objective_settings(objective: Any) -> dict[str, Any]:
+    """What the sampler integrated: the objective's kind, path and prediction (and what they depend on)."""
+    c = objective.cfg
+    return {"kind": objective.kind, "path": c.path, "prediction": c.prediction, "t_eps": c.t_eps,
+            "noise_scale": c.noise_scale}
 
 
 def sampling_settings(generator: Any, cfg: SamplerConfig, batch_size: int, num_processes: int) -> dict[str, Any]:
@@ -107,6 +127,7 @@ def sampling_settings(generator: Any, cfg: SamplerConfig, batch_size: int, num_p
         "vae": info.get("vae"),
         "space": info.get("space"),
         "sampler": {k: v for k, v in asdict(cfg).items() if k != "labels"},  # the labels: label_mode
+        "objective": objective_settings(generator.objective),
         "precision": generator.precision,
         "image_size": int(generator.image_size),
         "latent_shape": list(generator.latent_shape),
@@ -116,6 +137,16 @@ def sampling_settings(generator: Any, cfg: SamplerConfig, batch_size: int, num_p
         "torch_version": torch.__version__,
         "irepa_version": getattr(irepa, "__version__", None),
     }
+
+
+def run_sampler(recorded: dict[str, Any] | None, overrides: dict[str, Any]) -> SamplerConfig:
+    """The sampler a run recorded (its ``sample`` section), with ``--sample.FIELD`` overrides, validated."""
+    data = {"sample": merge(to_dict(SamplerConfig()), recorded or {})}
+    for dotted, value in overrides.items():
+        set_dotted(data, dotted, value)
+    cfg = section_from_dict(SamplerConfig, data["sample"], "sample")
+    cfg.validate()
+    return cfg
 
 
 def run_sample(args: argparse.Namespace) -> int:
@@ -133,11 +164,8 @@ def run_sample(args: argparse.Namespace) -> int:
     )
     from irepa.sample.pipeline import load_generator, save_png
 
-    cfg = SamplerConfig(kind=args.sampler, steps=args.steps, cfg_scale=args.cfg_scale,
-                        guidance_low=args.guidance_low, guidance_high=args.guidance_high)
-    if args.guidance_rule is not None:
-        cfg.guidance_rule = args.guidance_rule
-    cfg.validate()
+    overrides = overrides_from_args(args, "sample")
+    run_sampler({}, overrides)  # a bad value is refused before the checkpoint is read
     for name in ("num_samples", "batch_size", "shard_size", "grid"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -146,11 +174,10 @@ def run_sample(args: argparse.Namespace) -> int:
     use_ema = not args.no_ema
     generator = load_generator(args.ckpt, use_ema=use_ema, device=state.device, vae=args.vae,
                                precision=args.precision)
-    run_sampler = generator.info.get("sample") or {}  # the run's sample section: its recipe's conventions
-    if args.guidance_rule is None:
-        cfg.guidance_rule = run_sampler.get("guidance_rule", cfg.guidance_rule)
-    args.labels = args.labels or run_sampler.get("labels", "random")
+    cfg = run_sampler(generator.info.get("run_sampler"), overrides)
+    generator.objective.check_sampler(cfg.kind)
     ckpt_file = generator.info.get("checkpoint") or args.ckpt  # a run folder resolves to its newest usable step
+    args.labels = args.labels or cfg.labels  # the run's own evaluation labels unless given
     if state.is_main_process:
         print(f"using checkpoint {ckpt_file} (step {generator.info.get('step')})", file=sys.stderr)
     out = Path(args.out) if args.out else default_out_dir(ckpt_file, cfg, use_ema, args.seed, args.labels,

@@ -46,6 +46,7 @@ from tqdm.auto import tqdm
 from irepa.errors import CheckpointError, ConfigError, DamagedFileError
 from irepa.evaluate.npz import NpzWriter, check_images, open_npz_array, save_npz
 from irepa.sample.labels import LABEL_MODES, LABEL_SCHEMES, sample_labels
+from irepa.utils.images import make_grid
 from irepa.utils.io import atomic_write_json, hold_folder, read_json, remove_stale_temps, usable_file
 
 log = logging.getLogger(__name__)
@@ -406,7 +407,9 @@ def merge_shards(plan: SamplingPlan, out_dir: str | Path, progress: bool = True)
 SAMPLE_FOLDER_FIX = "wait for it to finish (or stop it), then rerun to complete the folder; or use another --out"
 
 # Settings that do not change which image an index gets: they may differ when a run is resumed.
-RESUMABLE_KEYS = ("num_samples", "batch_size", "num_processes", "samples_file", "torch_version", "irepa_version")
+# The objective is the checkpoint's (already pinned), recorded so that a samples file describes itself.
+RESUMABLE_KEYS = ("num_samples", "batch_size", "num_processes", "samples_file", "torch_version", "irepa_version",
+                  "objective")
 
 
 def _identity(settings: dict[str, Any]) -> dict[str, Any]:
@@ -522,8 +525,6 @@ def class_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 16, max_
 
     When no class has more than one image the images are tiled in a near-square block instead.
     """
-    from irepa.sample.pipeline import make_grid
-
     labels = np.asarray(labels)
     order = list(dict.fromkeys(labels.tolist()))[:max_rows]
     rows = [np.flatnonzero(labels == c)[:per_class] for c in order]

@@ -63,9 +63,6 @@ def build_aligner(cfg, backbone: nn.Module, device, dtype) -> tuple[Aligner | No
     depth = len(backbone.blocks)
     if not 1 <= a.depth <= depth:
         raise ConfigError(f"align.depth={a.depth} but {cfg.model.name} has {depth} blocks; choose 1..{depth}")
-    names = [e.name for e in a.encoders]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"align.encoders lists an encoder twice: {names}")
     encoders = {
         e.name: load_encoder(
             e.name,

@@ -67,7 +67,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="train a SiT with REPA / iREPA alignment",
         description="Train from --config YAML; any field can be overridden as --section.field VALUE.",
     )
-    p.add_argument("--config", help="YAML config, e.g. configs/irepa.yaml")
+    p.add_argument("--config", help="YAML config: a reference config's name (irepa, jit-irepa, ...: "
+                   "`irepa train --list-configs`) or a path")
     p.add_argument(
         "--recipe",
         help="training recipe: a family (sit, jit, meanflow) or family-alignment (jit-irepa, meanflow-repa, ...); "
@@ -97,6 +98,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="a few steps of a tiny model on synthetic data (CPU, random encoder weights)",
     )
+    p.add_argument("--list-configs", action="store_true", help="list the reference configs shipped with irepa")
     add_config_arguments(p)
     p.set_defaults(func=run)
 
@@ -114,24 +116,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     e.set_defaults(func=run_export)
 
 
-def _family_of(config: str | None) -> str:
-    """The recipe family a YAML file names (``sit`` when it names none)."""
-    return str(_yaml_value(config, "recipe") or "sit")
-
-
 def _yaml_value(config: str | None, *keys: str):
-    """``config[keys[0]][keys[1]]...`` of a YAML file, or None (load_config reports a real problem with the file)."""
+    """``config[keys[0]][keys[1]]...`` of a config (path or reference name), or None (load_config reports a
+    real problem with the file)."""
     if not config:
         return None
-    import yaml
+    from irepa.config import resolve_config
+    from irepa.utils.settings import read_yaml_mapping
 
     try:
-        value = yaml.safe_load(Path(config).read_text()) or {}
+        value = read_yaml_mapping(resolve_config(config))
         for key in keys:
             value = value.get(key)
         return value
-    except (OSError, yaml.YAMLError, AttributeError):
+    except (ValueError, AttributeError):
         return None
+
+
+def _recipe_of(config: str | None) -> str:
+    """The recipe a config (path or reference name) names (``sit`` when it names none)."""
+    return str(_yaml_value(config, "recipe") or "sit")
 
 
 def smoke_overrides(family: str, model_name: str | None) -> dict:
@@ -144,15 +148,29 @@ def smoke_overrides(family: str, model_name: str | None) -> dict:
     return smoke
 
 
+def list_configs() -> str:
+    """The shipped reference configs, one per line with the first line of its comment."""
+    from irepa.config import reference_configs
+
+    lines = []
+    for name, path in reference_configs().items():
+        first = next((ln.lstrip("# ").strip() for ln in path.read_text().splitlines() if ln.startswith("#")), "")
+        lines.append(f"{name:18s} {first}")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     from irepa.recipes import recipe_overrides, split_recipe_name
     from irepa.train.trainer import train
     from irepa.utils.console import setup_logging
 
+    if args.list_configs:
+        print(list_configs())
+        return 0
     setup_logging(logging.INFO)  # warnings (e.g. a skipped image) print above the progress bar, not inside it
     overrides: dict = recipe_overrides(args.recipe) if args.recipe else {}
     if args.smoke:
-        family = overrides.get("recipe") or split_recipe_name(_family_of(args.config))[0]
+        family = split_recipe_name(overrides.get("recipe") or _recipe_of(args.config))[0]
         model = args.model or overrides_from_args(args).get("model.name") or _yaml_value(args.config, "model", "name")
         overrides.update(smoke_overrides(family, model))
     shortcuts = {"model.name": args.model, "align.encoders": args.encoder, "out": args.out, "train.steps": args.steps}

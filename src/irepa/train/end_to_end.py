@@ -29,13 +29,13 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from irepa.codecs import TrainableVAECodec, unit_images
+from irepa.codecs.config import EndToEndConfig
 from irepa.codecs.trainable import Autoencoded
 from irepa.errors import CheckpointError, ConfigError
 
@@ -45,59 +45,9 @@ from .ema import ema_decay, update_average
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class EndToEndConfig:
-    """The ``end_to_end`` section of a run config (REPA-E); the defaults are the reference's."""
-
-    enabled: bool = False
-    vae: str = "stabilityai/sd-vae-ft-mse"  # AutoencoderKL folder or hub id to start from; "random": small, untrained
-    lr: float = 1e-4  # VAE AdamW; betas, eps, weight decay and gradient clipping are train.*
-    disc_lr: float = 1e-4  # discriminator AdamW
-    align_coeff: float = 1.5  # weight of the (unweighted, encoder-averaged) alignment loss in the VAE loss
-    l1_weight: float = 1.0
-    perceptual_weight: float = 1.0  # LPIPS; 0 skips it
-    kl_weight: float = 1e-6
-    gan_weight: float = 0.1  # hinge-GAN generator term
-    disc_start: int = 0  # optimizer step from which the GAN terms and the discriminator update run
-    lecam_weight: float = 0.0
-    lecam_decay: float = 0.999
-    disc_layers: int = 3
-    disc_channels: int = 64
-    disc_weights: str | None = None  # initial discriminator: a file or owner/repo:file; None = random init
-    perceptual_weights: str | None = None  # LPIPS's VGG16: None = torchvision cache / hub; a file; "random"
-    bn_momentum: float = 0.1  # latent batch-norm
-    bn_eps: float = 1e-4
-    stats_images: int = 2048  # images that estimate the initial latent statistics (when the VAE carries none)
-
-    def validate(self) -> None:
-        if self.lr <= 0 or self.disc_lr <= 0:
-            raise ConfigError("end_to_end.lr and end_to_end.disc_lr must be > 0")
-        weights = (self.align_coeff, self.l1_weight, self.perceptual_weight, self.kl_weight, self.gan_weight,
-                   self.lecam_weight)
-        if min(weights) < 0:
-            raise ConfigError("end_to_end loss weights must be >= 0")
-        if not 0.0 <= self.bn_momentum <= 1.0 or self.bn_eps <= 0:
-            raise ConfigError("end_to_end.bn_momentum must be in [0, 1] and end_to_end.bn_eps > 0")
-        if self.disc_layers < 1 or self.disc_channels < 1 or self.stats_images < 1:
-            raise ConfigError("end_to_end.disc_layers, disc_channels and stats_images must be >= 1")
-
-
 def check_run(cfg, codec: TrainableVAECodec) -> None:
-    """Refuse run settings an end-to-end step cannot honour, naming the fix."""
-    if cfg.data.source == "latents":
-        raise ConfigError("end-to-end training encodes images with the VAE it trains: set data.source to an image "
-                          "source (folder, hf, fashion-mnist, synthetic), not a latent cache")
-    if cfg.objective.kind != "flow":
-        raise ConfigError(f"end-to-end training is defined for flow matching; objective.kind is {cfg.objective.kind}")
-    if not cfg.align.enabled or not cfg.align.encoders:
-        raise ConfigError("end-to-end training tunes the VAE through the alignment loss: set align.enabled true "
-                          "with at least one encoder")
-    if cfg.train.grad_accum != 1:
-        raise ConfigError("end-to-end training updates the VAE and the discriminator every micro-batch: "
-                          "set train.grad_accum 1 (raise train.batch_size or the number of GPUs instead)")
-    if cfg.train.mixed_precision == "fp16":
-        raise ConfigError("end-to-end training runs three optimizers and does not use an fp16 loss scaler: "
-                          "set train.mixed_precision bf16 (or no)")
+    """Refuse run settings an end-to-end step cannot honour with this codec, naming the fix (the settings
+    alone are checked when the config is loaded)."""
     e = cfg.end_to_end
     smallest = 3 * 2**e.disc_layers  # 2^layers halvings, then two 4x4 stride-1 convs each lose a pixel
     if cfg.data.resolution < smallest:

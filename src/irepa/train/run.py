@@ -26,12 +26,12 @@ from torch import nn
 
 from irepa.align.target_cache import with_cached_targets
 from irepa.codecs import Codec, codec_for_run, unit_images
-from irepa.config import RunConfig, config_diff, to_dict, with_defaults
+from irepa.config import RunConfig, config_diff, to_dict, validate_config, with_defaults
 from irepa.data import build_dataset, make_loader
+from irepa.diffusion.generator import Generator
 from irepa.errors import ConfigError, ForeignCheckpointError
 from irepa.objectives import build_objective
 from irepa.precision import AUTOCAST_DTYPES, accelerate_mixed_precision, precision_name
-from irepa.sample.pipeline import Generator
 from irepa.utils.io import cache_home
 
 from .aligned_model import AlignedModel, build_aligner, build_backbone
@@ -45,8 +45,8 @@ from .optim import build_optimizer, learning_rate
 log = logging.getLogger(__name__)
 
 # Fields that must agree between a checkpoint and the config that resumes it.
+# (Not the recipe name: the sections it sets are compared themselves, and its stored spelling changed.)
 RESUME_MUST_MATCH = [
-    "recipe",
     "model",
     "align",
     "objective",
@@ -99,17 +99,15 @@ def encoder_dtype(mixed_precision: str, device: torch.device) -> torch.dtype:
 
 
 def _check_settings(cfg: RunConfig, device: torch.device, world: int) -> None:
+    """The config's own checks (as at load, for a config built in code), then what depends on the machine."""
+    validate_config(cfg)
     t = cfg.train
-    if t.batch_size < 1 or t.grad_accum < 1 or t.steps < 1:
-        raise ConfigError("train.batch_size, train.grad_accum and train.steps must be >= 1")
     if t.batch_size % (world * t.grad_accum):
         raise ConfigError(
             f"train.batch_size={t.batch_size} must be divisible by processes x grad_accum = {world} x {t.grad_accum}"
         )
-    precision_name(t.mixed_precision, "train.mixed_precision")
     if t.mixed_precision == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 mixed precision needs a CUDA GPU; use bf16 or fp32 on this device")
-    learning_rate(t, 0)  # validates the schedule
 
 
 def check_resumable(state: dict[str, Any], cfg: RunConfig) -> None:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from irepa.config import RunConfig, save_config, to_dict
 from irepa.errors import TrainingDiverged
-from irepa.sample.pipeline import make_grid, save_png
+from irepa.utils.images import make_grid, save_png
 from irepa.utils.io import hold_folder
 
 from .checkpoint import atomic_torch_save, last_good_checkpoint_note, load_resume_checkpoint, prune_checkpoints

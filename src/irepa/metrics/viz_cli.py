@@ -1,4 +1,4 @@
-"""``irepa viz ...`` commands."""
+"""``irepa viz ...`` commands: pictures of encoder tokens (drawn by :mod:`irepa.viz`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 
 from irepa.metrics.features import load_encoder, parse_weights
 from irepa.metrics.sources import load_image_spec
+from irepa.utils.settings import finite_float
 from irepa.viz.figures import save_figure
 from irepa.viz.spatial_norm import draw_spatial_norm, spatial_norm_row
 
@@ -32,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoders", required=True, help="comma-separated encoder names")
     p.add_argument("--image", required=True, help="an image file or skimage:NAME (e.g. skimage:astronaut)")
     p.add_argument("--anchor", type=_pair, default=None, help="anchor token 'row,col' (default: grid centre)")
-    p.add_argument("--alpha", type=float, default=1.0, help="share of the image mean removed (1 = full z-score)")
+    p.add_argument("--alpha", type=finite_float, default=1.0, help="share of the image mean removed (1 = full z-score)")
     p.add_argument("--grid", type=int, default=16, help="token grid side every encoder is run at")
     p.add_argument("--weights", default=None, help="'random' or name=path,... (default: the encoders' own)")
     p.add_argument("--device", default="cpu")
