@@ -245,3 +245,15 @@ def test_init_from_trains_with_the_runs_own_config_from_any_of_its_paths(tmp_pat
     for given in (tmp_path / "run", path.parent, path):
         assert run_config_of(given) == tmp_path / "run" / "config.yaml"
     assert load_config(run_config_of(path)).model.in_context_start == 2
+
+
+def test_resuming_an_imported_run_is_refused_with_the_fine_tuning_fix(tmp_path, capsys):
+    run = tmp_path / "run"
+    import_checkpoint("jit", ASSETS / "jit.pt", run, in_context_start=2)
+    before = {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()}
+    code = main(["train", "--config", str(run / "config.yaml"), "--out", str(run), "--resume",
+                 "--data.source", "synthetic", "--data.resolution", "16", "--train.steps", "2"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 5
+    assert len(err) == 1 and "no optimizer state" in err[0] and "--init-from" in err[0]
+    assert {p.name: p.read_bytes() for p in (run / "checkpoints").iterdir()} == before

@@ -29,7 +29,7 @@ from irepa.codecs import Codec, codec_for_run, unit_images
 from irepa.config import RunConfig, config_diff, to_dict, validate_config, with_defaults
 from irepa.data import build_dataset, make_loader
 from irepa.diffusion.generator import Generator
-from irepa.errors import ConfigError, ForeignCheckpointError
+from irepa.errors import CheckpointError, ConfigError, ForeignCheckpointError
 from irepa.objectives import build_objective
 from irepa.precision import AUTOCAST_DTYPES, accelerate_mixed_precision, precision_name
 from irepa.utils.io import cache_home
@@ -316,6 +316,10 @@ class Run:
         that changes the training (:data:`RESUME_MUST_MATCH`).
         """
         check_resumable(state, self.cfg)
+        if state.get("optimizer") is None:  # an imported release: weights without training state
+            raise CheckpointError(f"{state.get('path', 'the checkpoint')} holds no optimizer state (an imported "
+                                  "checkpoint), so it cannot be resumed",
+                                  fix="fine-tune from it instead: irepa train --init-from RUN --out NEW_FOLDER")
         self.backbone.load_state_dict(state["model"])
         if self.aligner is not None:
             self.aligner.load_state_dict(state["aligner"])
