@@ -41,6 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--fid-samples", type=int, default=300)
     c.add_argument("--fid-ref", type=int, default=1000)
     c.add_argument("--out", default="runs/compare")
+    c.add_argument("--seeds", default=None,
+                   help="training seeds, e.g. 0,1,2: each recipe trains once per seed and every figure is reported "
+                        "as mean and 95%% Student-t interval over seeds (default: one run, the config's seed)")
+    c.add_argument("--fd-dinov2", action="store_true", help="also FD in DINOv2-S space (offline weights)")
+    c.add_argument("--diagnose-t", type=float, default=None,
+                   help="also irepa diagnose's probe / CKA / LDS / CDS of each run's hidden state at this noise level")
     c.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides for every recipe")
     c.set_defaults(func=_compare)
 
@@ -79,6 +85,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_diagnose)
 
 
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds needs comma-separated integers, got {text!r}", fix="e.g. --seeds 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds needs distinct non-negative integers, got {text!r}", fix="e.g. --seeds 0,1,2")
+    return seeds
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
     from .small_scale import format_time_table
@@ -104,6 +123,9 @@ def _compare(args: argparse.Namespace) -> int:
         args.fid_samples,
         args.fid_ref,
         extra=_extra(args.set),
+        seeds=parse_seeds(args.seeds),
+        fd_dinov2=args.fd_dinov2,
+        diagnose_t=args.diagnose_t,
     )
     print(markdown_table(rows, recipes))
     return 0
