@@ -30,6 +30,7 @@ COMMANDS = {
     "viz": "irepa.viz.cli",
     "quickstart": "irepa.experiments.cli",
     "compare": "irepa.experiments.cli",
+    "study": "irepa.experiments.cli",
     "diagnose": "irepa.experiments.cli",
 }
 COMMAND_MODULES = list(dict.fromkeys(COMMANDS.values()))

@@ -1,9 +1,10 @@
-"""``irepa quickstart`` and ``irepa compare``."""
+"""``irepa quickstart``, ``compare``, ``study``, ``reproduce`` and ``diagnose``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from irepa.config import _parse_scalar
 from irepa.errors import ConfigError
@@ -49,6 +50,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="also irepa diagnose's probe / CKA / LDS / CDS of each run's hidden state at this noise level")
     c.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides for every recipe")
     c.set_defaults(func=_compare)
+
+    st = subparsers.add_parser(
+        "study", help="controlled-encoder studies, e.g. spatial-vs-global: target properties vs generation quality",
+        description="Trains every condition of the study per seed (as irepa compare), measures each alignment "
+                    "target's spatial metrics and linear-probe accuracy on the training data, and correlates them "
+                    "with FID. Resumable. See docs/study-spatial-vs-global.md.",
+    )
+    st.add_argument("study", choices=["spatial-vs-global"])
+    st.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
+    st.add_argument("--steps", type=int, default=400, help="training steps per cell (default 400)")
+    st.add_argument("--eval-every", type=int, default=None, help="FID every this many steps (default: at the end)")
+    st.add_argument("--conditions", default=None, help="only these conditions (labels, comma-separated)")
+    st.add_argument("--fid-samples", type=int, default=300)
+    st.add_argument("--fid-ref", type=int, default=1000)
+    st.add_argument("--fd-dinov2", action="store_true", help="also FD in DINOv2-S space")
+    st.add_argument("--out", default="runs/study")
+    st.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides for every condition")
+    st.set_defaults(func=_study)
 
     r = subparsers.add_parser(
         "reproduce", help="the paper's REPA vs iREPA table: train, sample 50K, evaluate, compare with published",
@@ -131,6 +150,17 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    from .study import run_study
+
+    logging.basicConfig(level=logging.WARNING)
+    labels = [x.strip() for x in args.conditions.split(",") if x.strip()] if args.conditions else None
+    result = run_study(args.study, args.out, parse_seeds(args.seeds), args.steps, args.eval_every, labels,
+                       args.fid_samples, args.fid_ref, extra=_extra(args.set), fd_dinov2=args.fd_dinov2)
+    print(Path(args.out, "study.md").read_text())
+    return 0 if result["conditions"] else 1
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from .reproduce import main_args
 
@@ -139,8 +169,6 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .diagnose import diagnose_runs, markdown, write_rows
 
     try:
