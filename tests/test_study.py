@@ -45,6 +45,8 @@ def test_the_study_names_its_conditions_and_rejects_unknown_ones():
                    "iREPA +blur=1", "iREPA HOG", "iREPA random-init DINOv2-S"):
         assert needed in labels
     assert [c.encoder for c in pick_conditions("spatial-vs-global", ["iREPA +shuffle"])] == ["dinov2-vit-s+shuffle"]
+    jit = pick_conditions("spatial-vs-global", ["vanilla", "iREPA HOG"], family="jit")
+    assert [c.spec for c in jit] == ["jit-vanilla", "jit-irepa+align.encoders=hog"]
     with pytest.raises(ValueError, match="unknown condition"):
         pick_conditions("spatial-vs-global", ["iREPA +swirl"])
 

@@ -61,6 +61,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     st.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
     st.add_argument("--steps", type=int, default=400, help="training steps per cell (default 400)")
     st.add_argument("--eval-every", type=int, default=None, help="FID every this many steps (default: at the end)")
+    st.add_argument("--family", default="sit", choices=["sit", "jit", "meanflow"],
+                    help="recipe family of every condition (default sit)")
     st.add_argument("--conditions", default=None, help="only these conditions (labels, comma-separated)")
     st.add_argument("--fid-samples", type=int, default=300)
     st.add_argument("--fid-ref", type=int, default=1000)
@@ -156,7 +158,8 @@ def _study(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     labels = [x.strip() for x in args.conditions.split(",") if x.strip()] if args.conditions else None
     result = run_study(args.study, args.out, parse_seeds(args.seeds), args.steps, args.eval_every, labels,
-                       args.fid_samples, args.fid_ref, extra=_extra(args.set), fd_dinov2=args.fd_dinov2)
+                       args.fid_samples, args.fid_ref, extra=_extra(args.set), fd_dinov2=args.fd_dinov2,
+                       family=args.family)
     print(Path(args.out, "study.md").read_text())
     return 0 if result["conditions"] else 1
 

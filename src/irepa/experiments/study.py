@@ -66,20 +66,24 @@ STUDIES: dict[str, list[Condition]] = {
 }
 
 
-def pick_conditions(study: str, labels: list[str] | None = None) -> list[Condition]:
-    """The study's conditions, or the ones named in ``labels`` (by label or by spec)."""
+def pick_conditions(study: str, labels: list[str] | None = None, family: str = "sit") -> list[Condition]:
+    """The study's conditions (or the ones named in ``labels``, by label or spec) in a recipe ``family``."""
     from irepa.errors import ConfigError
 
     if study not in STUDIES:
         raise ConfigError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}")
+    if family not in ("sit", "jit", "meanflow"):
+        raise ConfigError(f"study family must be sit, jit or meanflow, got {family!r}")
     conditions = STUDIES[study]
-    if not labels:
+    if labels:
+        by = {c.label: c for c in conditions} | {c.spec: c for c in conditions}
+        missing = [x for x in labels if x not in by]
+        if missing:
+            raise ConfigError(f"study {study}: unknown condition(s) {missing}; valid: {[c.label for c in conditions]}")
+        conditions = [by[x] for x in labels]
+    if family == "sit":
         return conditions
-    by = {c.label: c for c in conditions} | {c.spec: c for c in conditions}
-    missing = [x for x in labels if x not in by]
-    if missing:
-        raise ConfigError(f"study {study}: unknown condition(s) {missing}; valid: {[c.label for c in conditions]}")
-    return [by[x] for x in labels]
+    return [Condition(c.label, f"{family}-{c.spec}", c.encoder) for c in conditions]
 
 
 # ---------------------------------------------------------------- encoder properties on the training data
@@ -198,6 +202,7 @@ def run_study(
     fd_dinov2: bool = False,
     scorer: Callable | None = None,
     conditions: list[Condition] | None = None,
+    family: str = "sit",
 ) -> dict:
     """Train every condition per seed (``irepa compare``), measure every target, correlate; see the module docstring.
 
@@ -208,7 +213,7 @@ def run_study(
 
     out = Path(out)
     seeds = seeds if seeds is not None else [0, 1]
-    conditions = conditions or pick_conditions(study, labels)
+    conditions = conditions or pick_conditions(study, labels, family)
     extra = {**QUICKSTART_OVERRIDES, **(extra or {})}
     specs = [c.spec for c in conditions]
     compare.run_compare(specs, steps, eval_every or steps, out, fid_samples=fid_samples, fid_ref=fid_ref,
