@@ -30,6 +30,7 @@ COMMANDS = {
     "viz": "irepa.metrics.viz_cli",
     "quickstart": "irepa.experiments.cli",
     "compare": "irepa.experiments.cli",
+    "study": "irepa.experiments.cli",
     "diagnose": "irepa.experiments.cli",
     "import": "irepa.interop.cli",
 }

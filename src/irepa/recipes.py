@@ -14,6 +14,7 @@ family preset and that alignment's settings.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +181,21 @@ def split_recipe_name(name: str) -> tuple[str, str | None]:
     )
 
 
+# a change starts at a "+" followed by "section.field=", so values may hold "+" (dinov2-vit-s+shuffle)
+_CHANGE = re.compile(r"\+(?=[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*=)")
+
+
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """A recipe spec's name and changes; a change's value may hold ``+``:
+    ``"irepa+align.depth=3+align.encoders=hog+blur=1"`` -> ``("irepa", ["align.depth=3", "align.encoders=hog+blur=1"])``
+    """
+    name, *changes = _CHANGE.split(spec)
+    if "+" in name:  # a change without a section, e.g. irepa+depth=3
+        name, _, first = name.partition("+")
+        changes.insert(0, first)
+    return name, changes
+
+
 def recipe_overrides(spec: str, common: dict[str, Any] | None = None) -> dict[str, Any]:
     """Dotted overrides for a recipe spec such as ``jit-irepa+align.depth=3``.
 
@@ -187,7 +203,7 @@ def recipe_overrides(spec: str, common: dict[str, Any] | None = None) -> dict[st
     alignment's settings (none for a bare family name: the config's own alignment stays), then
     ``common`` (changes for every recipe), then the spec's own changes.
     """
-    name, *changes = spec.split("+")
+    name, changes = split_spec(spec)
     family, alignment = split_recipe_name(name)
     aligned = FAMILIES[family].alignment[alignment] if alignment else {}
     out: dict[str, Any] = {"recipe": canonical_recipe(name), **aligned, **(common or {})}

@@ -73,12 +73,20 @@ def _info(args: argparse.Namespace) -> int:
         f"preprocess     {spec.interpolation} resize ({'' if spec.resize_antialias else 'no '}antialias, as the "
         f"paper's code), mean {spec.mean}, std {spec.std}",
     ]
-    if spec.needs_weights and spec.source != "custom":
-        found = find_local(spec)
-        lines.append(f"weights        {spec.weights_source}")
-        lines.append(f"local copy     {found if found else local_status(spec)}")
+    weights_spec, random_init = spec, False
+    if "+" in spec.name and spec.name not in list_encoders():  # a controlled variant: its base's weights
+        from irepa.encoders.transforms import parse_name
+
+        base, steps = parse_name(spec.name)
+        weights_spec, random_init = get_spec(base), any(k == "random" for k, _ in steps)
+    if random_init:
+        lines.append("weights        none: drawn by the architecture's initialiser from a fixed seed")
+    elif weights_spec.needs_weights and weights_spec.source != "custom":
+        found = find_local(weights_spec)
+        lines.append(f"weights        {weights_spec.weights_source}")
+        lines.append(f"local copy     {found if found else local_status(weights_spec)}")
         if found is None:
-            lines.append(f"offline setup  {fetch_instructions(spec)}")
+            lines.append(f"offline setup  {fetch_instructions(weights_spec)}")
     if spec.notes:
         lines.append(f"notes          {spec.notes}")
     print("\n".join(lines))

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 
 import torch
 
-from irepa.encoders import custom, handcrafted, hf_encoder, timm_encoder
+from irepa.encoders import custom, handcrafted, hf_encoder, timm_encoder, transforms
 from irepa.encoders.base import Encoder
-from irepa.encoders.registry import get_spec
+from irepa.encoders.registry import get_spec, list_encoders
 from irepa.encoders.spec import EncoderSpec
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def load_encoder(name: str, weights: str | None = None, resolution: int | Sequen
     """The registered encoder ``name``, frozen, on ``device``, computing in ``dtype``.
 
     Args:
-        name: a name from :func:`list_encoders` (``irepa encoders list``).
+        name: a name from :func:`list_encoders` (``irepa encoders list``), optionally followed by token
+            transforms, e.g. ``dinov2-vit-s+shuffle`` (see :mod:`irepa.encoders.transforms`).
         weights: ``None`` = the local cache or the hub (offline with nothing local: an immediate error
             naming the file to fetch); ``"random"`` = untrained; otherwise a ``.safetensors`` /
             ``.pt`` / ``.pth`` file (hub layout or plain state dict, loaded strictly).
@@ -87,6 +88,9 @@ def load_encoder(name: str, weights: str | None = None, resolution: int | Sequen
             for the Perception Encoders), ``"upstream"`` as the encoder's own release (DINOv2:
             bicubic without antialias; MoCo v3: sin-cos regenerated for the grid).
     """
+    if transforms.is_transformed(name) and name not in list_encoders():
+        return transforms.load_transformed(name, weights=weights, resolution=resolution, grid=grid, device=device,
+                                           dtype=dtype, resize=resize, pos_embed=pos_embed)
     spec = get_spec(name)
     res, out_grid = plan_input(spec, resolution, grid)
     antialias = spec.resize_antialias_for(resize)

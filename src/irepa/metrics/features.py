@@ -41,7 +41,7 @@ def parse_weights(spec: str | None, encoders: list[str]) -> dict[str, str | None
     if "=" not in spec:
         return dict.fromkeys(encoders, spec)
     for item in spec.split(","):
-        name, sep, value = item.partition("=")
+        name, sep, value = item.rpartition("=")  # the last "=": a name may hold one (dinov2-vit-s+global=0.1)
         name, value = name.strip(), value.strip()
         if not sep or not name or not value:
             raise ValueError(f"--weights entry {item!r} is not name=path")

@@ -94,3 +94,19 @@ def bootstrap_correlation(
     tail = (1.0 - level) / 2 * 100
     lo, hi = np.percentile(boots, [tail, 100 - tail]) if boots.size else (np.nan, np.nan)
     return Estimate(value, float(lo), float(hi), n), p
+
+
+def t_interval(values, level: float = 0.95) -> Estimate:
+    """Mean of the finite ``values`` with a Student-t interval: ``mean ± t_{(1+level)/2, n-1} · s / sqrt(n)``,
+    ``s`` the sample standard deviation (divisor n - 1). For a few training seeds, where a bootstrap over
+    2-3 values means nothing. One value: the interval is NaN; none: everything is NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = v.size
+    if n == 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), 0)
+    mean = float(v.mean())
+    if n == 1:
+        return Estimate(mean, float("nan"), float("nan"), 1)
+    half = float(sps.t.ppf(0.5 + level / 2, n - 1) * v.std(ddof=1) / np.sqrt(n))
+    return Estimate(mean, mean - half, mean + half, n)
