@@ -89,8 +89,8 @@ def load_encoder(name: str, weights: str | None = None, resolution: int | Sequen
             bicubic without antialias; MoCo v3: sin-cos regenerated for the grid).
     """
     if transforms.is_transformed(name) and name not in list_encoders():
-        return transforms.load_transformed(name, weights=weights, resolution=resolution, grid=grid, device=device,
-                                           dtype=dtype, resize=resize, pos_embed=pos_embed)
+        return transforms.load_transformed(name, load_encoder, weights=weights, resolution=resolution, grid=grid,
+                                           device=device, dtype=dtype, resize=resize, pos_embed=pos_embed)
     spec = get_spec(name)
     res, out_grid = plan_input(spec, resolution, grid)
     antialias = spec.resize_antialias_for(resize)

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
 from irepa.encoders.base import Encoder
 
@@ -238,10 +239,10 @@ class TransformedEncoder(Encoder):
         return out.to(tokens.dtype)
 
 
-def load_transformed(name: str, weights: str | None = None, **kwargs) -> TransformedEncoder:
-    """``load_encoder`` for a transformed name: load the base (``+random``: seeded random weights), wrap it."""
-    from irepa.encoders.loader import load_encoder
-
+def load_transformed(name: str, load_encoder: Callable[..., nn.Module], weights: str | None = None,
+                     **kwargs) -> TransformedEncoder:
+    """``load_encoder`` for a transformed name: load the base with ``load_encoder`` (``+random``: seeded
+    random weights), wrap it."""
     base_name, steps = parse_name(name)
     seeds = [int(v) for k, v in steps if k == "random"]
     if seeds:
