@@ -19,6 +19,7 @@ import torch
 
 from irepa.config import RunConfig, load_config
 from irepa.models.presets import small_model
+from irepa.recipes import split_recipe_name
 from irepa.utils.io import atomic_write_json
 
 BASE_OVERRIDES = {
@@ -62,7 +63,7 @@ FAMILY_OVERRIDES = {
 
 def small_scale_config(out: str | Path, recipe: dict, extra: dict | None = None) -> RunConfig:
     """The small-scale config of a recipe (overrides from :func:`irepa.recipes.recipe_overrides`)."""
-    family = recipe.get("recipe", "sit")
+    family = split_recipe_name(recipe.get("recipe", "sit"))[0]
     overrides = {**BASE_OVERRIDES, **FAMILY_OVERRIDES[family], **recipe, **(extra or {}), "out": str(out)}
     return load_config(None, overrides)
 
