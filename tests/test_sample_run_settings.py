@@ -45,17 +45,19 @@ def test_sample_uses_the_runs_recorded_sampler_and_takes_overrides(tiny_run, tmp
     kind, prediction = RECIPES[recipe]
     recorded = yaml.safe_load((run / "config.yaml").read_text())["sample"]
     assert recorded["kind"] == kind and recorded["steps"] != 4
-    if recipe.startswith("jit"):  # the JiT recipe guides per evaluation inside (0, 0.9)
-        assert (recorded["guidance_rule"], recorded["guidance_high"]) == ("per-evaluation", 0.9)
+    if recipe.startswith("jit"):  # the JiT recipe guides inside (0, 0.9) by JiT's own rule
+        assert (recorded["guidance_rule"], recorded["guidance_high"]) == ("jit", 0.9)
+    sampler = {k: v for k, v in recorded.items() if k != "labels"}  # the labels are recorded as label_mode
 
     info, npz = _sample(run, tmp_path / "as-recorded")
-    assert info["sampler"] == recorded  # not the library's SDE with 250 steps
+    assert info["sampler"] == sampler  # not the library's SDE with 250 steps
+    assert info["label_mode"] == recorded["labels"]
     objective = yaml.safe_load((run / "config.yaml").read_text())["objective"]
     assert info["objective"]["path"] == objective["path"] and info["objective"]["prediction"] == prediction
     np.testing.assert_array_equal(npz["arr_0"], _independent(run, SamplerConfig(**recorded), npz["labels"]))
 
     info, npz = _sample(run, tmp_path / "four-steps", "--sample.steps", "4", "--cfg-scale", "1.5")
-    assert info["sampler"] == {**recorded, "steps": 4, "cfg_scale": 1.5}
+    assert info["sampler"] == {**sampler, "steps": 4, "cfg_scale": 1.5}
     want = _independent(run, SamplerConfig(**{**recorded, "steps": 4, "cfg_scale": 1.5}), npz["labels"])
     np.testing.assert_array_equal(npz["arr_0"], want)
     other = _independent(run, SamplerConfig(**recorded), npz["labels"])

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from irepa.cli import main
-from irepa.utils.io import file_digest, is_temp_file
+from irepa.utils.io import LOCK_FILE, file_digest, is_temp_file
 
 # A SiT of depth 2 and width 32 on 8-px synthetic images, aligned at block 1 with weight-free HOG
 # targets: the whole training pipeline (model, EMA, projector, optimizer, RNG, logs) in about a second.
@@ -173,8 +173,12 @@ def files(folder: Path) -> dict[str, bytes]:
 
 
 def digests(folder: Path) -> dict[str, str]:
-    """SHA-256 of every file under ``folder`` by relative path: what "nothing already written changed" compares."""
-    return {p.relative_to(folder).as_posix(): file_digest(p).sha256 for p in sorted(folder.rglob("*")) if p.is_file()}
+    """SHA-256 of every file under ``folder`` by relative path: what "nothing already written changed" compares.
+
+    A folder's empty lock file (:data:`irepa.utils.io.LOCK_FILE`, taken by the command that owns it) holds no
+    data and is left out."""
+    return {p.relative_to(folder).as_posix(): file_digest(p).sha256 for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != LOCK_FILE}
 
 
 def one_error_line(capsys) -> str:
