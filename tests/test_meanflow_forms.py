@@ -19,13 +19,7 @@ from irepa.models import create_model
 from irepa.objectives import Draw, MeanFlow, MeanFlowConfig, ObjectiveConfig
 from irepa.train.aligned_model import AlignedModel
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturbed_sit(dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:

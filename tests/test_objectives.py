@@ -31,14 +31,7 @@ CONFIGS = Path(irepa.__file__).parent / "configs"
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: a second intra-op thread only adds synchronisation (several times slower on a
-    busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def standardized(n: int, shape=(1,), seed: int = 0, dtype=torch.float64) -> torch.Tensor:

@@ -16,13 +16,7 @@ pytest.importorskip("diffusers")
 pytest.importorskip("lpips")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny modules: one thread is several times faster than two on a busy two-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_overrides(out: Path, **extra) -> dict:

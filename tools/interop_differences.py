@@ -7,6 +7,7 @@ Reads tests/assets/interop/ (written by tools/make_interop_fixtures.py) and irep
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -16,15 +17,8 @@ from irepa.interop import import_checkpoint
 from irepa.sample.pipeline import build_model_from_config
 from irepa.train.checkpoint import load_checkpoint
 
-ASSETS = Path(__file__).resolve().parent.parent / "tests" / "assets" / "interop"
-OPTIONS = {
-    "repa": {"num_heads": 2},
-    "irepa-ldm": {"num_heads": 2, "vae": "stabilityai/sd-vae-ft-mse",
-                  "latent_stats": str(ASSETS / "irepa-ldm-latents-stats.pt")},
-    "repa-e": {"num_heads": 2, "vae": "E2E-VAE-folder"},
-    "jit": {"in_context_start": 2},
-    "irepa-jit": {"in_context_start": 2},
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_interop import ASSETS, OPTIONS  # noqa: E402  (the fixtures and the options the tests import them with)
 
 
 def main() -> None:
