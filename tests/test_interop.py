@@ -1,9 +1,9 @@
 """Released checkpoints imported as runs: the imported network equals the reference code's on fixed inputs.
 
 The fixtures under tests/assets/interop/ were written once by tools/make_interop_fixtures.py with the
-reference code bases (REPA, iREPA ldm/ and jit/, REPA-E, JiT): a tiny model with seeded random weights
-in the reference's checkpoint format, fixed inputs, and the reference forward's outputs for the raw
-and EMA weights (and its projector outputs). These tests read only those files and irepa.
+reference code bases (REPA, iREPA ldm/ and jit/, REPA-E, JiT, the MeanFlow PyTorch port): a tiny model
+with seeded random weights in the reference's checkpoint format, fixed inputs, and the reference
+forward's outputs for the raw and EMA weights (and its projector outputs). These tests read only those files and irepa.
 """
 
 from __future__ import annotations
@@ -135,6 +135,7 @@ def test_a_released_bare_ema_state_dict_imports_as_raw_and_ema(tmp_path):
     ("jit", "repa", "a SiT of the REPA code"),
     ("repa", "jit", "a JiT checkpoint"),
     ("meanflow", "repa", "not a checkpoint of the MeanFlow PyTorch port"),
+    ("repa", "meanflow", "use --from meanflow"),
 ])
 def test_a_checkpoint_of_the_wrong_kind_is_refused_in_one_line(source, file, says, tmp_path, capsys):
     out = tmp_path / "run"
@@ -146,15 +147,75 @@ def test_a_checkpoint_of_the_wrong_kind_is_refused_in_one_line(source, file, say
     assert not out.exists()
 
 
-def test_the_meanflow_ports_u_net_is_refused_with_the_reason(tmp_path, capsys):
-    # written by the port's own MeanFlow module: {"model": net / net_ema / net_ema1, "optimizer", ..., "args"}
-    code = main(["import", "--from", "meanflow", str(ASSETS / "meanflow.pt"), "--out", str(tmp_path / "run")])
+def test_the_meanflow_ports_u_net_imports_and_equals_its_network_output(tmp_path):
+    # written by the port's own MeanFlow module: {"model": net / net_ema / net_ema1 / num_updates, ..., "args"}
+    path = import_checkpoint("meanflow", ASSETS / "meanflow.pt", tmp_path / "run")
+    ckpt, golden = load_checkpoint(path), torch.load(ASSETS / "meanflow-golden.pt")
+    model = build_model_from_config(ckpt["config"]).eval()
+    y = torch.zeros(len(golden["t"]), dtype=torch.long)  # an unconditional release: its one class
+    for state, ref in [(ckpt["model"], "out_raw"), (ckpt["ema"], "out_ema"), (ckpt["extra_ema"][0], "out_ema2")]:
+        model.load_state_dict(state)
+        with torch.no_grad():
+            out = model(golden["x"], golden["t"], y, r=golden["r"])
+            null = model(golden["x"], golden["t"], torch.ones_like(y), r=golden["r"])
+        assert _relative(out, golden[ref]) <= TOLERANCE, ref
+        torch.testing.assert_close(null, out, rtol=0, atol=0)  # the class embedding is zero
+    assert ckpt["optimizer"] is None and ckpt["step"] == 8000  # the port's EMA update count
+
+
+def test_meanflow_settings_come_from_the_ports_arguments(tmp_path):
+    cfg = config_from_checkpoint(load_checkpoint(import_checkpoint("meanflow", ASSETS / "meanflow.pt", tmp_path / "r")))
+    m = cfg.objective.meanflow
+    assert (cfg.objective.kind, cfg.objective.time_sampling, cfg.objective.p_mean, cfg.objective.p_std) == (
+        "meanflow", "lognormal", -0.6, 1.6)
+    assert (m.r_p_mean, m.r_p_std, m.pairing, m.ratio, m.adaptive_p, m.adaptive_c) == (-4.0, 1.6, "clamped", 0.75,
+                                                                                       0.75, 1e-3)
+    assert (cfg.sample.kind, cfg.sample.steps) == ("meanflow", 1)
+    assert (cfg.train.ema_decay, cfg.train.extra_ema_decays, cfg.model.dropout) == (0.9999, [0.99995], 0.2)
+    assert (cfg.model.base_channels, cfg.model.channel_mult, cfg.model.attention_levels) == (8, [1, 2], [1])
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda c: c["model"].update({"net.map_noise.freqs": torch.ones(8)}), "Fourier embedding"),
+    (lambda c: setattr(c["args"], "dataset", "cifar10"), "dataset cifar10 (32 px) but the weights are 8 px"),
+    (lambda c: setattr(c["args"], "ema_decays", []), "0 extra EMA decay(s) but the file has 1"),
+    (lambda c: setattr(c["args"], "arch", "dit"), "'dit' is not one irepa can rebuild"),
+])
+def test_a_meanflow_checkpoint_irepa_cannot_rebuild_is_refused_in_one_line(change, says, tmp_path, capsys):
+    bad = torch.load(ASSETS / "meanflow.pt", weights_only=False)
+    change(bad)
+    torch.save(bad, tmp_path / "bad.pt")
+    code = main(["import", "--from", "meanflow", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
-    assert code == CheckpointError.exit_code and len(err.splitlines()) == 1
-    assert "SongUNet" in err and "args.arch='unet'" in err
+    assert code == CheckpointError.exit_code and len(err.splitlines()) == 1 and says in err, err
     assert not (tmp_path / "run").exists()
-    with pytest.raises(CheckpointError, match="use --from meanflow"):  # and the other way round
+    with pytest.raises(CheckpointError, match="use --from meanflow"):  # and a SiT importer names the right source
         import_checkpoint("repa", ASSETS / "meanflow.pt", tmp_path / "run")
+
+
+def test_an_imported_meanflow_run_samples_in_one_step_and_fine_tunes(tmp_path):
+    from irepa.train.trainer import train
+
+    run = tmp_path / "run"
+    assert main(["import", "--from", "meanflow", str(ASSETS / "meanflow.pt"), "--out", str(run)]) == 0
+    images = []
+    for attempt in ("a", "b"):
+        out = tmp_path / attempt
+        assert main(["sample", "--ckpt", str(run), "--num-samples", "2", "--seed", "3", "--out", str(out),
+                     "--no-progress"]) == 0
+        images.append(np.load(next(out.glob("*.npz")))["arr_0"])
+    assert images[0].shape == (2, 8, 8, 3)
+    np.testing.assert_array_equal(images[0], images[1])
+    ckpt = load_checkpoint(next((run / "checkpoints").glob("*.pt")))
+    cfg = load_config(run / "config.yaml", {
+        "out": str(tmp_path / "tuned"), "data.source": "synthetic", "data.resolution": 8, "data.num_classes": 1,
+        "data.num_workers": 0, "train.steps": 1, "train.batch_size": 4, "train.warmup_steps": 0,
+        "train.sample_every": 0, "train.report_to": ["none"], "train.ckpt_every": 1, "train.mixed_precision": "fp32",
+        "train.compile": False,
+    })
+    tuned = load_checkpoint(train(cfg, init_from=str(run)).checkpoint)
+    moved = max((tuned["model"][k] - v).abs().max().item() for k, v in ckpt["model"].items())
+    assert 0 < moved < 1e-2  # one Adam step from the imported weights
 
 
 def test_arguments_that_contradict_the_weights_are_refused(tmp_path):

@@ -392,6 +392,28 @@ def test_meanflow_draw_has_the_reference_share_of_r_not_equal_t():
     assert abs(logits.mean().item() + 0.4) < 0.03 and abs(logits.std().item() - 1.0) < 0.03
 
 
+@pytest.mark.parametrize("pairing", ["sorted", "clamped"])
+def test_meanflow_draw_with_rs_own_distribution_matches_a_numpy_simulation(pairing):
+    """r from its own logit-normal (the PyTorch port's -4.0, 1.6), paired either way: the quantiles of t and of
+    r (rows with r != t share) against an independent NumPy simulation of the same rule."""
+    import numpy as np
+
+    m = MeanFlowConfig(ratio=0.75, r_p_mean=-4.0, r_p_std=1.6, pairing=pairing)
+    objective = MeanFlow(ObjectiveConfig(kind="meanflow", time_sampling="lognormal", p_mean=-0.6, p_std=1.6,
+                                         meanflow=m), 1)
+    n = 40_000
+    d = objective.draw(torch.zeros(n, 1), torch.zeros(n, dtype=torch.long), torch.Generator().manual_seed(1))
+    equal = math.floor(n * 0.25)
+    assert (d.r[:equal] == d.t[:equal]).all() and (d.r <= d.t).all()
+    rng = np.random.default_rng(2)
+    a = 1 / (1 + np.exp(-rng.normal(-0.6, 1.6, n)))
+    b = 1 / (1 + np.exp(-rng.normal(-4.0, 1.6, n)))
+    t, r = (np.maximum(a, b), np.minimum(a, b)) if pairing == "sorted" else (a, np.minimum(a, b))
+    q = np.array([0.02, 0.05, 0.5, 0.9])  # the low quantiles of t tell the pairings apart (by ~0.01)
+    np.testing.assert_allclose(np.quantile(d.t.numpy(), q), np.quantile(t, q), atol=0.004)
+    np.testing.assert_allclose(np.quantile(d.r[equal:].numpy(), q), np.quantile(r[equal:], q), atol=0.004)
+
+
 # ---------------------------------------------------------------------------------------------- runs
 
 

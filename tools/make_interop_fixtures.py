@@ -61,11 +61,11 @@ def randomize(model: torch.nn.Module, seed: int, skip: tuple[str, ...] = ("pos_e
 
 
 def perturbed_copy(state: dict, seed: int) -> dict:
-    """An 'EMA': the same weights plus a little seeded noise (position tables and statistics kept)."""
+    """An 'EMA': the same weights plus a little seeded noise (position tables, statistics and fixed filters kept)."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for k, v in state.items():
-        if v.is_floating_point() and not k.endswith("pos_embed") and not k.startswith("bn."):
+        if v.is_floating_point() and not k.endswith(("pos_embed", "resample_filter")) and not k.startswith("bn."):
             out[k] = v + torch.randn(v.shape, generator=gen) * 0.02
         else:
             out[k] = v.clone()
@@ -235,32 +235,46 @@ def make_jit(out: Path, name: str, jit_dir: Path, seed: int, projectors: dict | 
     save(out, name, checkpoint, golden)
 
 
+MEANFLOW = dict(img_resolution=8, in_channels=3, out_channels=3, model_channels=8, channel_mult=[1, 2], num_blocks=1,
+                attn_resolutions=[4], dropout=0.0, channel_mult_noise=2, resample_filter=[1, 3, 3, 1])
+
+
 def make_meanflow(out: Path, port_dir: Path) -> None:
-    """A tiny model of the MeanFlow PyTorch port in its checkpoint format (its U-Net; no golden outputs:
-    irepa refuses the file, and the test checks the reason)."""
+    """A tiny DDPM++ U-Net of the MeanFlow PyTorch port in its checkpoint format, with golden outputs of its
+    network, EMA and extra EMA at fixed ``(x, t, h = t - r)`` (EDM augmentation conditioning built, not used)."""
     sys.path.insert(0, str(port_dir / "meanflow"))
     try:
         from models.meanflow import MeanFlow
         from models.unet import SongUNet
 
-        args = argparse.Namespace(arch="unet", ema_decay=0.9999, ema_decays=[0.99995], dropout=0.0, use_edm_aug=False,
-                                  dataset="cifar10", epochs=4000, batch_size=128, lr=6e-4, norm_p=0.75,
-                                  norm_eps=1e-3, ratio=0.75)
+        # the port's arguments (cifar10_v1.sh) but no dataset: its datasets are 32 px, this model 8 px
+        args = argparse.Namespace(arch="unet", ema_decay=0.9999, ema_decays=[0.99995], dropout=0.2, use_edm_aug=True,
+                                  epochs=16000, batch_size=128, lr=6e-4, norm_p=0.75,
+                                  norm_eps=1e-3, ratio=0.75, tr_sampler="v1", P_mean_t=-0.6, P_std_t=1.6,
+                                  P_mean_r=-4.0, P_std_r=1.6, warmup_epochs=200, seed=0)
         torch.manual_seed(60)
-        net_configs = dict(img_resolution=8, in_channels=3, out_channels=3, model_channels=8, channel_mult=[1],
-                           num_blocks=1, attn_resolutions=[], dropout=0.0, channel_mult_noise=2,
-                           resample_filter=[1, 3, 3, 1])
-        model = MeanFlow(arch=SongUNet, net_configs=net_configs, args=args)
+        model = MeanFlow(arch=SongUNet, net_configs={**MEANFLOW, "augment_dim": 6}, args=args).eval()
+        randomize(model.net, 60)
+        raw = {k: v.clone() for k, v in model.net.state_dict().items()}
+        emas = [perturbed_copy(raw, 61), perturbed_copy(raw, 63)]
+        model.net_ema.load_state_dict(emas[0])
+        model.net_ema1.load_state_dict(emas[1])
+        model.num_updates.fill_(8000)
+        gen = torch.Generator().manual_seed(62)
+        data = {"x": torch.randn(BATCH, 3, 8, 8, generator=gen), "t": torch.tensor([0.07, 0.5, 1.0]),
+                "r": torch.tensor([0.07, 0.2, 0.0])}
+        golden = dict(data)
+        with torch.no_grad():
+            for tag, net in (("raw", model.net), ("ema", model.net_ema), ("ema2", model.net_ema1)):
+                golden[f"out_{tag}"] = net(data["x"], (data["t"], data["t"] - data["r"]), aug_cond=None)
         opt = torch.optim.Adam(model.net.parameters(), lr=6e-4)
         checkpoint = {"model": model.state_dict(), "optimizer": opt.state_dict(), "lr_schedule": {},
-                      "epoch": 0, "args": args}
+                      "epoch": 499, "args": args}
     finally:
         sys.path.remove(str(port_dir / "meanflow"))
         for mod in [m for m in sys.modules if m == "models" or m.startswith("models.")]:
             del sys.modules[mod]
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, out / "meanflow.pt")
-    print(f"meanflow: {(out / 'meanflow.pt').stat().st_size / 1024:.0f} KB checkpoint")
+    save(out, "meanflow", checkpoint, golden)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ SOURCES: dict[str, str] = {
     "irepa-jit": "End2End-Diffusion/iREPA jit/: pixel-space JiT with projectors",
     "jit": "LTH14/JiT: pixel-space JiT ({model, model_ema1, model_ema2, optimizer, epoch, args})",
     "repa-e": "End2End-Diffusion/REPA-E: latent SiT with batch-norm latent statistics, on its end-to-end-tuned VAE",
-    "meanflow": "Gsunshine/py-meanflow, the MeanFlow authors' PyTorch port (its U-Net is refused with the reason)",
+    "meanflow": "Gsunshine/py-meanflow, the MeanFlow authors' PyTorch port: its CIFAR-10 DDPM++ U-Net",
 }
 
 

@@ -1,5 +1,5 @@
 """Model registry, in the spirit of timm: ``create_model("SiT-XL/2", **overrides)``, ``create_model("JiT-B/16")``,
-``create_model("UNet-B")``."""
+``create_model("UNet-B")``, ``create_model("SongUNet-B")``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from torch import nn
 
 from .jit import JiT, JiTConfig
 from .sit import SiT, SiTConfig
+from .songunet import SongUNet, SongUNetConfig
 from .unet import UNet, UNetConfig
 
 _SIZES = {  # (depth, width, heads), as DiT / SiT
@@ -26,6 +27,9 @@ _JIT_SIZES = {  # (depth, width, heads, bottleneck, in-context start), as JiT
 }
 
 _UNET_SIZES = {"S": 64, "B": 128, "L": 192}  # base channels; levels x1, x2, x3, x4 with attention on the last two
+
+# DDPM++ (EDM's SongUNet) as MeanFlow's CIFAR-10 model: 3 levels of base x (2, 2, 2), 4 blocks each, attention at 16 px
+_SONG_UNET_SIZES = {"S": 64, "B": 128}
 
 _REGISTRY: dict[str, tuple[Callable[..., nn.Module], object]] = {}
 
@@ -49,6 +53,9 @@ for _size, (_depth, _width, _heads, _bottleneck, _start) in _JIT_SIZES.items():
 
 for _size, _base in _UNET_SIZES.items():
     register_model(f"UNet-{_size}", UNet, UNetConfig(base_channels=_base))
+
+for _size, _base in _SONG_UNET_SIZES.items():
+    register_model(f"SongUNet-{_size}", SongUNet, SongUNetConfig(base_channels=_base))
 
 
 def list_models() -> list[str]:

@@ -27,6 +27,7 @@ from irepa.errors import ConfigError
 PREDICTIONS = ("velocity", "x")
 MEANFLOW_PRECISIONS = ("fp32", "autocast")
 MEANFLOW_JVP_FORMS = ("single", "two-pass")
+MEANFLOW_PAIRINGS = ("sorted", "clamped")
 
 
 @dataclass
@@ -48,6 +49,13 @@ class MeanFlowConfig:
     # single: the loss's prediction is the JVP's own primal output (one forward-mode pass with gradients, then
     # one backward; a forward fewer, single-process runs only), as the reference
     jvp: str = "two-pass"
+    # r's own time distribution (None: drawn like t, from objective.time_sampling / p_mean / p_std), as the
+    # MeanFlow PyTorch port's separate logit-normal for r
+    r_p_mean: float | None = None
+    r_p_std: float | None = None
+    # how the two draws become (t, r): sorted (t = the larger, r = the smaller; the paper's) or clamped
+    # (t = the first draw, r = min(t, second draw), the port's "v1"); then r = t for a 1 - ratio share
+    pairing: str = "sorted"
 
 
 @dataclass

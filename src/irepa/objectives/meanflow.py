@@ -36,9 +36,10 @@ import math
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from irepa.diffusion.time_sampling import sample_time
 from irepa.errors import ConfigError
 
-from .base import MEANFLOW_JVP_FORMS, MEANFLOW_PRECISIONS, Draw, Objective, ObjectiveConfig
+from .base import MEANFLOW_JVP_FORMS, MEANFLOW_PAIRINGS, MEANFLOW_PRECISIONS, Draw, Objective, ObjectiveConfig
 from .forward_mode import constant_weight_linears
 
 
@@ -65,26 +66,47 @@ class MeanFlow(Objective):
         if m.precision not in MEANFLOW_PRECISIONS:
             raise ConfigError(f"objective.meanflow.precision {m.precision!r} is unknown; "
                               f"valid: {', '.join(MEANFLOW_PRECISIONS)}")
+        if m.pairing not in MEANFLOW_PAIRINGS:
+            raise ConfigError(f"objective.meanflow.pairing {m.pairing!r} is unknown; "
+                              f"valid: {', '.join(MEANFLOW_PAIRINGS)}")
+        if (m.r_p_mean is None) != (m.r_p_std is None) or (m.r_p_std is not None and m.r_p_std <= 0):
+            raise ConfigError("objective.meanflow.r_p_mean and r_p_std are set together (r_p_std > 0), or neither",
+                              fix="e.g. --objective.meanflow.r_p_mean -4.0 --objective.meanflow.r_p_std 1.6")
         if m.jvp not in MEANFLOW_JVP_FORMS:
             raise ConfigError(f"objective.meanflow.jvp {m.jvp!r} is unknown; valid: {', '.join(MEANFLOW_JVP_FORMS)}")
 
     # ------------------------------------------------------------------ training
 
     def draw(self, x0, labels, generator) -> Draw:
-        """(t, r): two draws of the time sampler sorted so that t >= r, then r = t for a ``1 - ratio`` share.
+        """(t, r) from two draws of the time sampler (the second from r's own distribution when
+        ``meanflow.r_p_mean`` is set), paired so that t >= r, then r = t for a ``1 - ratio`` share.
 
-        The share is a count, as in the reference code: the first ``floor(B (1 - ratio))`` samples of the
-        batch get r = t (plain flow matching), the rest keep r < t. The samples of a batch are
-        exchangeable, so which rows is immaterial; a count (not a coin per sample) keeps the mix of
-        the two terms the same in every batch.
+        ``pairing``: ``sorted`` takes t as the larger draw and r as the smaller, then sets r = t;
+        ``clamped`` (the PyTorch port's "v1") keeps the first draw as t, sets r = t, then clamps
+        r = min(t, r). The share is a count, as in the reference code: the first
+        ``floor(B (1 - ratio))`` samples of the batch get r = t (plain flow matching), the rest keep
+        their drawn r. The samples of a batch are exchangeable, so which rows is immaterial; a count
+        (not a coin per sample) keeps the mix of the two terms the same in every batch.
         """
         base = super().draw(x0, labels, generator)
+        m = self.cfg.meanflow
         a = base.t
-        b = self.sample_t(x0.shape[0], generator).to(x0.device)
-        t, r = torch.maximum(a, b), torch.minimum(a, b)
-        equal = math.floor(x0.shape[0] * (1.0 - self.cfg.meanflow.ratio) + 1e-6)
+        if m.r_p_mean is None:
+            b = self.sample_t(x0.shape[0], generator)
+        else:
+            device = generator.device if generator is not None else "cpu"
+            b = sample_time(x0.shape[0], self.cfg.time_sampling, m.r_p_mean, m.r_p_std, generator=generator,
+                            device=device, path=self.cfg.path)
+        b = b.to(x0.device)
+        equal = math.floor(x0.shape[0] * (1.0 - m.ratio) + 1e-6)
         same = torch.arange(x0.shape[0], device=x0.device) < equal
-        return Draw(t=t, r=torch.where(same, t, r), noise=base.noise, labels=base.labels)
+        if m.pairing == "sorted":
+            t, r = torch.maximum(a, b), torch.minimum(a, b)
+            r = torch.where(same, t, r)
+        else:
+            t = a
+            r = torch.minimum(t, torch.where(same, t, b))
+        return Draw(t=t, r=r, noise=base.noise, labels=base.labels)
 
     def mean_flow_target(
         self, model, z: torch.Tensor, r: torch.Tensor, t: torch.Tensor, v: torch.Tensor, labels: torch.Tensor
