@@ -193,7 +193,7 @@ def test_a_meanflow_checkpoint_irepa_cannot_rebuild_is_refused_in_one_line(chang
         import_checkpoint("repa", ASSETS / "meanflow.pt", tmp_path / "run")
 
 
-def test_an_imported_meanflow_run_samples_in_one_step_and_fine_tunes(tmp_path):
+def test_an_imported_meanflow_run_samples_in_one_step_diagnoses_and_fine_tunes(tmp_path):
     from irepa.train.trainer import train
 
     run = tmp_path / "run"
@@ -206,6 +206,8 @@ def test_an_imported_meanflow_run_samples_in_one_step_and_fine_tunes(tmp_path):
         images.append(np.load(next(out.glob("*.npz")))["arr_0"])
     assert images[0].shape == (2, 8, 8, 3)
     np.testing.assert_array_equal(images[0], images[1])
+    assert main(["diagnose", str(run), "--images", "synthetic", "--n-train", "24", "--n-test", "12", "--encoder",
+                 "hog", "--t", "0.5"]) == 0  # at the stage align.depth names (down.1)
     ckpt = load_checkpoint(next((run / "checkpoints").glob("*.pt")))
     cfg = load_config(run / "config.yaml", {
         "out": str(tmp_path / "tuned"), "data.source": "synthetic", "data.resolution": 8, "data.num_classes": 1,

@@ -176,6 +176,9 @@ def import_meanflow(source: str, path: str | Path, options: dict[str, Any]) -> I
         "model.num_classes": 1,  # unconditional: one class, its embedding zero
         "model.dropout": float(arg(args, "dropout", 0.0)),
         **{f"model.{k}": v for k, v in sizes.items()},
+        # no alignment in the release; the stage `irepa diagnose` reads, and that alignment would use when
+        # fine-tuning with it: down.1 (the attention level, 16 px at 32 px)
+        "align.depth": min(2, len(sizes["channel_mult"]) + 1),
         "data.resolution": sizes["input_size"],
         "data.flip": True,
         "objective.time_sampling": "lognormal",  # logit-normal on the linear path
