@@ -13,25 +13,13 @@ import copy
 
 import pytest
 import torch
+from tiny import perturbed_sit
 
 from irepa.align.aligner import Aligner
-from irepa.models import create_model
 from irepa.objectives import Draw, MeanFlow, MeanFlowConfig, ObjectiveConfig
 from irepa.train.aligned_model import AlignedModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def perturbed_sit(dtype: torch.dtype, seed: int = 0) -> torch.nn.Module:
-    """A tiny MeanFlow SiT whose zero-initialised output layers are perturbed (a non-trivial smooth u)."""
-    torch.manual_seed(seed)
-    model = create_model("SiT-S/2", depth=2, hidden_size=32, num_heads=2, input_size=8, in_channels=3,
-                         num_classes=4, interval_embedding=True)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=gen))
-    return model.to(dtype)
 
 
 def objective(**meanflow) -> MeanFlow:

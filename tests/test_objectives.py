@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_overrides
+from tiny import perturbed_sit, tiny_overrides
 
 import irepa
 from irepa.config import load_config, to_dict
 from irepa.diffusion.samplers import SamplerConfig, sample
 from irepa.experiments.diagnose import diagnose_runs, hidden_tokens
-from irepa.models import create_model
 from irepa.objectives import Draw, FlowMatching, MeanFlow, MeanFlowConfig, ObjectiveConfig, build_objective
 from irepa.recipes import recipe_overrides, split_recipe_name
 from irepa.sample.pipeline import load_generator
@@ -39,17 +38,6 @@ def standardized(n: int, shape=(1,), seed: int = 0, dtype=torch.float64) -> torc
     output moments measure its integration error alone (no Monte-Carlo error)."""
     x = torch.randn(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     return (x - x.mean(0)) / x.std(0)
-
-
-def perturbed_sit(dtype=torch.float64, interval_embedding: bool = True, seed: int = 0) -> torch.nn.Module:
-    """A tiny SiT whose zero-initialised output layers are perturbed, so it is a smooth non-trivial function."""
-    model = create_model("SiT-S/2", depth=2, hidden_size=32, num_heads=2, input_size=8, in_channels=3,
-                         num_classes=4, interval_embedding=interval_embedding)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=gen))
-    return model.to(dtype).eval()
 
 
 def bcast(c: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

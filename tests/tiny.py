@@ -1,10 +1,13 @@
 """The tiny run the trainer tests start from: a 2-block SiT on 8 px synthetic images, aligned to a
-DINOv2-S with random weights (no download, a second's work on a CPU)."""
+DINOv2-S with random weights (no download, a second's work on a CPU); and the tiny perturbed SiT the
+objective tests differentiate."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from irepa.config import RunConfig
 
@@ -39,3 +42,19 @@ def with_random_encoders(cfg: RunConfig) -> RunConfig:
     for entry in cfg.align.encoders:
         entry.weights = "random"
     return cfg
+
+
+def perturbed_sit(dtype: torch.dtype = torch.float64, interval_embedding: bool = True,
+                  seed: int = 0) -> torch.nn.Module:
+    """A tiny SiT (seeded) whose zero-initialised output layers are perturbed, so it is a smooth non-trivial
+    function of its inputs (with MeanFlow's interval embedding by default)."""
+    from irepa.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model("SiT-S/2", depth=2, hidden_size=32, num_heads=2, input_size=8, in_channels=3,
+                         num_classes=4, interval_embedding=interval_embedding)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen))
+    return model.to(dtype).eval()

@@ -32,7 +32,7 @@ TINY_TRAIN = [
 ]  # fmt: skip
 FINAL_STEP = 12
 # How many random kill moments each SIGKILL scenario tries (IREPA_FAULT_SEEDS=10 for a longer soak).
-SEEDS = list(range(int(os.environ.get("IREPA_FAULT_SEEDS", "3"))))
+SEEDS = list(range(int(os.environ.get("IREPA_FAULT_SEEDS", "2"))))
 
 
 def cli(*args: str | Path) -> int:

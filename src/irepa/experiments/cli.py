@@ -65,7 +65,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     st.add_argument("study", choices=["spatial-vs-global"])
     st.add_argument("--seeds", default="0,1", help="training seeds (default 0,1)")
-    st.add_argument("--steps", type=int, default=400, help="training steps per cell (default 400)")
+    st.add_argument("--steps", type=int, default=300, help="training steps per cell (default 300)")
     st.add_argument("--eval-every", type=int, default=None, help="FID every this many steps (default: at the end)")
     st.add_argument("--family", default="sit", choices=["sit", "jit", "meanflow"],
                     help="recipe family of every condition (default sit)")

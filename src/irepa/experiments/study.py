@@ -193,7 +193,7 @@ def run_study(
     study: str = "spatial-vs-global",
     out: str | Path = "runs/study",
     seeds: list[int] | None = None,
-    steps: int = 400,
+    steps: int = 300,
     eval_every: int | None = None,
     labels: list[str] | None = None,
     fid_samples: int = 300,

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from irepa.config import LR_SCHEDULES
 from irepa.errors import ConfigError
 
 
@@ -25,9 +26,6 @@ def build_optimizer(t_cfg, module: nn.Module, device: torch.device) -> torch.opt
     return torch.optim.AdamW(
         params, lr=t_cfg.lr, betas=tuple(t_cfg.betas), weight_decay=t_cfg.weight_decay, eps=t_cfg.adam_eps, **extra
     )
-
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def learning_rate(t_cfg, step: int) -> float:
