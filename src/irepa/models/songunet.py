@@ -42,11 +42,11 @@ from torch import nn
 from irepa.errors import ConfigError
 
 from .layers import check_hidden_index
-from .unet import as_tokens
+from .stages import LevelStages, StagedBackbone, as_tokens
 
 
 @dataclass
-class SongUNetConfig:
+class SongUNetConfig(LevelStages):
     base_channels: int = 128
     channel_mult: tuple[int, ...] = (2, 2, 2)
     layers_per_block: int = 4
@@ -61,26 +61,6 @@ class SongUNetConfig:
     interval_embedding: bool = False  # MeanFlow: a second time input h = t - r
     time_scale: float = 1.0
     align_depth: int = 2  # the stage whose tokens are aligned: 1..levels = down levels, levels + 1 = middle
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.input_size, self.input_size) if isinstance(self.input_size, int) else tuple(self.input_size)
-
-    @property
-    def depth(self) -> int:
-        return len(self.channel_mult) + 1
-
-    def stage_names(self) -> list[str]:
-        return [f"down.{i}" for i in range(len(self.channel_mult))] + ["mid"]
-
-    def token_grid(self, stage: int) -> tuple[int, int]:
-        check_hidden_index(stage, self.depth)
-        level = min(stage - 1, len(self.channel_mult) - 1)
-        return self.size[0] >> level, self.size[1] >> level
-
-    def token_width(self, stage: int) -> int:
-        check_hidden_index(stage, self.depth)
-        return self.base_channels * self.channel_mult[min(stage - 1, len(self.channel_mult) - 1)]
 
     def validate(self) -> None:
         levels = len(self.channel_mult)
@@ -157,8 +137,10 @@ class ResBlock(nn.Module):
         return x
 
 
-class SongUNet(nn.Module):
+class SongUNet(StagedBackbone, nn.Module):
     """DDPM++ U-Net: ``forward(x, t, y, return_hidden_at=None, r=None)`` like every irepa backbone."""
+
+    display_name = "SongUNet"
 
     def __init__(self, config: SongUNetConfig):
         super().__init__()
@@ -224,28 +206,9 @@ class SongUNet(nn.Module):
     # --- the contract -------------------------------------------------------------------------
 
     @property
-    def grid(self) -> tuple[int, int]:
-        return self.config.token_grid(self._aligned_stage())
-
-    @property
-    def hidden_size(self) -> int:
-        return self.config.token_width(self._aligned_stage())
-
-    @property
     def blocks(self) -> nn.ModuleList:
         """The alignable stages in forward order (down levels, then the middle); not a registered child."""
         return nn.ModuleList([*self.down, self.mid])
-
-    @property
-    def stage_names(self) -> list[str]:
-        return self.config.stage_names()
-
-    def _aligned_stage(self) -> int:
-        k, depth = self.config.align_depth, self.config.depth
-        if not 1 <= k <= depth:
-            raise ConfigError(f"align.depth={k} but this SongUNet has {depth} stages ({', '.join(self.stage_names)})",
-                              fix=f"choose 1..{depth}")
-        return k
 
     # --- forward --------------------------------------------------------------------------------
 

@@ -29,10 +29,11 @@ from torch import nn
 from irepa.errors import ConfigError
 
 from .layers import check_hidden_index
+from .stages import LevelStages, StagedBackbone, as_tokens
 
 
 @dataclass
-class UNetConfig:
+class UNetConfig(LevelStages):
     base_channels: int = 128
     channel_mult: tuple[int, ...] = (1, 2, 3, 4)  # one level per entry: channels base * mult
     layers_per_block: int = 2  # ResNet blocks per down level (the up levels have one more)
@@ -45,32 +46,6 @@ class UNetConfig:
     num_classes: int = 1000  # the null class used for CFG is index num_classes
     align_depth: int = 2  # the stage whose tokens are aligned: 1..levels = down.0.., levels + 1 = mid
     time_scale: float = 1000.0  # network timestep = time_scale * t
-
-    @property
-    def block_channels(self) -> tuple[int, ...]:
-        return tuple(self.base_channels * m for m in self.channel_mult)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return (self.input_size, self.input_size) if isinstance(self.input_size, int) else tuple(self.input_size)
-
-    @property
-    def depth(self) -> int:
-        """Number of alignable stages: the down blocks and the mid block."""
-        return len(self.channel_mult) + 1
-
-    def stage_names(self) -> list[str]:
-        return [f"down.{i}" for i in range(len(self.channel_mult))] + ["mid"]
-
-    def token_grid(self, stage: int) -> tuple[int, int]:
-        """``(H, W)`` of the tokens of ``stage`` (1-indexed)."""
-        check_hidden_index(stage, self.depth)
-        level = min(stage - 1, len(self.channel_mult) - 1)
-        return self.size[0] >> level, self.size[1] >> level
-
-    def token_width(self, stage: int) -> int:
-        check_hidden_index(stage, self.depth)
-        return self.block_channels[min(stage - 1, len(self.channel_mult) - 1)]
 
     def validate(self) -> None:
         levels = len(self.channel_mult)
@@ -89,7 +64,7 @@ class UNetConfig:
             raise ConfigError(f"attention_levels {self.attention_levels} name levels outside 0..{levels - 1}")
 
 
-class UNet(nn.Module):
+class UNet(StagedBackbone, nn.Module):
     """diffusers ``UNet2DModel`` (class-conditional, positional time embedding) with the backbone contract.
 
     ``forward(x, t, y)`` returns a tensor with ``x``'s shape; ``forward(..., return_hidden_at=k)`` also
@@ -127,30 +102,9 @@ class UNet(nn.Module):
     # --- the contract -------------------------------------------------------------------------
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """Token grid of the aligned stage (``config.align_depth``)."""
-        return self.config.token_grid(self._aligned_stage())
-
-    @property
-    def hidden_size(self) -> int:
-        """Token width (channels) of the aligned stage."""
-        return self.config.token_width(self._aligned_stage())
-
-    @property
     def blocks(self) -> nn.ModuleList:
         """The alignable stages in forward order (down blocks, then the mid block); not a registered child."""
         return nn.ModuleList([*self.unet.down_blocks, self.unet.mid_block])
-
-    @property
-    def stage_names(self) -> list[str]:
-        return self.config.stage_names()
-
-    def _aligned_stage(self) -> int:
-        k, depth = self.config.align_depth, self.config.depth
-        if not 1 <= k <= depth:
-            raise ConfigError(f"align.depth={k} but this U-Net has {depth} stages ({', '.join(self.stage_names)})",
-                              fix=f"choose 1..{depth}")
-        return k
 
     # --- forward --------------------------------------------------------------------------------
 
@@ -206,7 +160,3 @@ class UNet(nn.Module):
         check_hidden_index(depth, self.config.depth)
         return as_tokens(self._down(x, self.embed(t, y), depth, stop=True)[2])
 
-
-def as_tokens(features: torch.Tensor) -> torch.Tensor:
-    """``(B, C, H, W)`` feature map -> ``(B, H*W, C)`` tokens in row-major grid order."""
-    return features.flatten(2).transpose(1, 2)
