@@ -63,20 +63,12 @@ class SongUNetConfig(LevelStages):
     align_depth: int = 2  # the stage whose tokens are aligned: 1..levels = down levels, levels + 1 = middle
 
     def validate(self) -> None:
-        levels = len(self.channel_mult)
-        if levels < 1 or self.base_channels < 1 or min(self.channel_mult) < 1 or self.layers_per_block < 1:
-            raise ConfigError(f"a SongUNet needs at least one level of positive width and one block per level, got "
-                              f"base_channels {self.base_channels}, channel_mult {self.channel_mult}, "
-                              f"layers_per_block {self.layers_per_block}")
-        step = 2 ** (levels - 1)
-        if any(s % step for s in self.size):
-            raise ConfigError(f"input size {self.size} is not divisible by {step}, which {levels} levels need",
-                              fix=f"use an input size that is a multiple of {step}, or fewer levels")
-        if any(not 0 <= i < levels for i in self.attention_levels):
-            raise ConfigError(f"attention_levels {self.attention_levels} name levels outside 0..{levels - 1}")
+        self.check_levels()
+        if self.layers_per_block < 1:
+            raise ConfigError(f"a SongUNet needs one block per level or more, got layers_per_block "
+                              f"{self.layers_per_block}")
         if self.base_channels * self.noise_mult % 4:
             raise ConfigError("base_channels * noise_mult must be a multiple of 4 (sin and cos of >= 2 frequencies)")
-
 
 def _groups(channels: int) -> int:
     """EDM's group count: 32 groups, fewer when a group would hold under 4 channels."""

@@ -22,6 +22,21 @@ class LevelStages:
     input_size: int | tuple[int, int]
     base_channels: int
     channel_mult: tuple[int, ...]
+    attention_levels: tuple[int, ...]
+
+    def check_levels(self) -> None:
+        """Refuse level settings no U-Net can have: no level, a non-positive width, an input size the
+        levels cannot halve, attention at a level that does not exist."""
+        levels = len(self.channel_mult)
+        if levels < 1 or self.base_channels < 1 or min(self.channel_mult) < 1:
+            raise ConfigError(f"a U-Net needs at least one level of positive width, got base_channels "
+                              f"{self.base_channels} and channel_mult {self.channel_mult}")
+        step = 2 ** (levels - 1)
+        if any(s % step for s in self.size):
+            raise ConfigError(f"input size {self.size} is not divisible by {step}, which {levels} U-Net levels need",
+                              fix=f"use an input size that is a multiple of {step}, or fewer levels")
+        if any(not 0 <= i < levels for i in self.attention_levels):
+            raise ConfigError(f"attention_levels {self.attention_levels} name levels outside 0..{levels - 1}")
 
     @property
     def size(self) -> tuple[int, int]:

@@ -48,21 +48,11 @@ class UNetConfig(LevelStages):
     time_scale: float = 1000.0  # network timestep = time_scale * t
 
     def validate(self) -> None:
-        levels = len(self.channel_mult)
-        if levels < 1 or self.base_channels < 1 or min(self.channel_mult) < 1:
-            raise ConfigError(f"a U-Net needs at least one level of positive width, got base_channels "
-                              f"{self.base_channels} and channel_mult {self.channel_mult}")
+        self.check_levels()
         bad = [c for c in self.block_channels if c % self.norm_groups or c % self.head_dim]
         if bad:
             raise ConfigError(f"U-Net widths {bad} are not multiples of norm_groups ({self.norm_groups}) and "
                               f"head_dim ({self.head_dim})", fix="pick base_channels as a multiple of both")
-        step = 2 ** (levels - 1)
-        if any(s % step for s in self.size):
-            raise ConfigError(f"input size {self.size} is not divisible by {step}, which {levels} U-Net levels need",
-                              fix=f"use an input size that is a multiple of {step}, or fewer levels")
-        if any(not 0 <= i < levels for i in self.attention_levels):
-            raise ConfigError(f"attention_levels {self.attention_levels} name levels outside 0..{levels - 1}")
-
 
 class UNet(StagedBackbone, nn.Module):
     """diffusers ``UNet2DModel`` (class-conditional, positional time embedding) with the backbone contract.
