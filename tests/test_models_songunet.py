@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import tiny_overrides, with_random_encoders
+from tiny import TINY_U_NET_RUN, tiny_overrides, with_random_encoders
 
 from irepa.config import load_config
 from irepa.errors import ConfigError
@@ -87,21 +87,13 @@ def test_registered_sizes_and_bad_settings():
 
 # --- training through the library's loop ------------------------------------------------------------
 
-RUN = {  # a two-level SongUNet on 8 px images aligned at down.1 (4 x 4 tokens)
+RUN = {  # the tiny U-Net run with a two-level SongUNet
+    **TINY_U_NET_RUN,
     "model.name": "SongUNet-S",
-    "model.depth": None,
-    "model.hidden_size": None,
-    "model.num_heads": None,
     "model.base_channels": 16,
     "model.channel_mult": [1, 2],
     "model.layers_per_block": 1,
     "model.attention_levels": [1],
-    "align.depth": 2,
-    "align.projector": "conv",
-    "align.norm": "zscore",
-    "data.synthetic_size": 64,
-    "train.log_every": 1,
-    "train.ema_decay": 0.9,
 }
 
 

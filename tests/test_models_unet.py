@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_overrides, with_random_encoders
+from tiny import TINY_U_NET_RUN, tiny_overrides, with_random_encoders
 
 from irepa.align import Aligner
 from irepa.config import load_config
@@ -139,18 +139,7 @@ def test_smoke_keeps_the_u_net_and_builds_it_at_the_aligned_stage():
 
 # --- training through the library's loop ------------------------------------------------------------
 
-RUN = {  # the shared tiny run, with a two-level U-Net on 8 px images aligned at down.1 (4 x 4 tokens)
-    "model.name": "UNet-tiny",
-    "model.depth": None,  # the tiny SiT's sizes: not U-Net options
-    "model.hidden_size": None,
-    "model.num_heads": None,
-    "align.depth": 2,
-    "align.projector": "conv",
-    "align.norm": "zscore",
-    "data.synthetic_size": 64,
-    "train.log_every": 1,
-    "train.ema_decay": 0.9,
-}
+RUN = {**TINY_U_NET_RUN, "model.name": "UNet-tiny"}  # registered by the fixture below
 
 
 @pytest.fixture

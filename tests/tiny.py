@@ -31,6 +31,19 @@ TINY_RUN: dict[str, Any] = {
     "train.report_to": ["none"],
 }
 
+# the U-Net tests' tiny run on top of TINY_RUN: a two-level U-Net on 8 px images aligned at down.1 (4 x 4 tokens)
+TINY_U_NET_RUN: dict[str, Any] = {
+    "model.depth": None,  # the tiny SiT's sizes: not U-Net options
+    "model.hidden_size": None,
+    "model.num_heads": None,
+    "align.depth": 2,
+    "align.projector": "conv",
+    "align.norm": "zscore",
+    "data.synthetic_size": 64,
+    "train.log_every": 1,
+    "train.ema_decay": 0.9,
+}
+
 
 def tiny_overrides(out: str | Path, **extra: Any) -> dict[str, Any]:
     """The tiny run's dotted overrides writing to ``out``, with ``extra`` on top."""
