@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from irepa.models.songunet import Resample
 from irepa.recipes import recipe_overrides
 
 from .base import ImportedRun, arg, read_released, refuse
@@ -72,9 +73,8 @@ def _rename_block(prefix: str, target: str, state: Mapping[str, torch.Tensor], o
             raise refuse(source, f"unexpected layer {key} in a U-Net block",
                          "import a checkpoint of the port's SongUNet")
         if leaf == "resample_filter":
-            f = torch.as_tensor(_FILTER, dtype=torch.float32)
-            if value.shape != (1, 1, len(_FILTER), len(_FILTER)) or not torch.allclose(
-                    value.float(), (torch.outer(f, f) / f.sum() ** 2)[None, None]):
+            kernel = Resample(_FILTER, up=False).kernel
+            if value.shape != kernel.shape or not torch.allclose(value.float(), kernel):
                 raise refuse(source, f"{key} is not the [1, 3, 3, 1] resampling filter",
                              "irepa's SongUNet has only that one")
             continue
@@ -166,8 +166,9 @@ def import_meanflow(source: str, path: str | Path, options: dict[str, Any]) -> I
     if len(decays) != len(extra):
         raise refuse(source, f"the arguments list {len(decays)} extra EMA decay(s) but the file has {len(extra)} "
                      "extra EMA network(s)", "check that the file and its arguments belong together")
-    if arg(args, "tr_sampler", "v1") not in ("v0", "v1"):
-        raise refuse(source, f"tr_sampler {arg(args, 'tr_sampler')!r} is not one of the port's (v0, v1)",
+    tr_sampler = arg(args, "tr_sampler", "v1")
+    if tr_sampler not in ("v0", "v1"):
+        raise refuse(source, f"tr_sampler {tr_sampler!r} is not one of the port's (v0, v1)",
                      "check the file's arguments")
 
     settings: dict[str, Any] = recipe_overrides("meanflow-vanilla")
@@ -187,7 +188,7 @@ def import_meanflow(source: str, path: str | Path, options: dict[str, Any]) -> I
         "objective.label_dropout": 0.0,
         "objective.meanflow.r_p_mean": float(arg(args, "P_mean_r", -4.0)),
         "objective.meanflow.r_p_std": float(arg(args, "P_std_r", 1.6)),
-        "objective.meanflow.pairing": "sorted" if arg(args, "tr_sampler", "v1") == "v0" else "clamped",
+        "objective.meanflow.pairing": "sorted" if tr_sampler == "v0" else "clamped",
         "objective.meanflow.ratio": float(arg(args, "ratio", 0.75)),
         "objective.meanflow.adaptive_p": float(arg(args, "norm_p", 0.75)),
         "objective.meanflow.adaptive_c": float(arg(args, "norm_eps", 1e-3)),

@@ -135,10 +135,13 @@ class Objective:
 
     # ------------------------------------------------------------------ training
 
-    def sample_t(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+    def sample_t(self, batch: int, generator: torch.Generator | None, p_mean: float | None = None,
+                 p_std: float | None = None) -> torch.Tensor:
+        """``batch`` times from ``objective.time_sampling``; ``p_mean`` / ``p_std`` replace the config's."""
         device = generator.device if generator is not None else "cpu"
         c = self.cfg
-        return sample_time(batch, c.time_sampling, c.p_mean, c.p_std, generator=generator, device=device, path=c.path)
+        p_mean, p_std = (c.p_mean, c.p_std) if p_mean is None else (p_mean, p_std)
+        return sample_time(batch, c.time_sampling, p_mean, p_std, generator=generator, device=device, path=c.path)
 
     def prior_noise(self, noise: torch.Tensor) -> torch.Tensor:
         """Standard normal noise as the objective's noise prior, ``N(0, noise_scale^2)``: the training

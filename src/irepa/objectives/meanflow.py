@@ -36,7 +36,6 @@ import math
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from irepa.diffusion.time_sampling import sample_time
 from irepa.errors import ConfigError
 
 from .base import MEANFLOW_JVP_FORMS, MEANFLOW_PAIRINGS, MEANFLOW_PRECISIONS, Draw, Objective, ObjectiveConfig
@@ -91,13 +90,7 @@ class MeanFlow(Objective):
         base = super().draw(x0, labels, generator)
         m = self.cfg.meanflow
         a = base.t
-        if m.r_p_mean is None:
-            b = self.sample_t(x0.shape[0], generator)
-        else:
-            device = generator.device if generator is not None else "cpu"
-            b = sample_time(x0.shape[0], self.cfg.time_sampling, m.r_p_mean, m.r_p_std, generator=generator,
-                            device=device, path=self.cfg.path)
-        b = b.to(x0.device)
+        b = self.sample_t(x0.shape[0], generator, m.r_p_mean, m.r_p_std).to(x0.device)
         equal = math.floor(x0.shape[0] * (1.0 - m.ratio) + 1e-6)
         same = torch.arange(x0.shape[0], device=x0.device) < equal
         if m.pairing == "sorted":
